@@ -1,0 +1,225 @@
+"""Account state and the state transition: applying a block, undoing it, and the state hash.
+
+Accounts are read through `AccountReader`, so the same rules run over an LMDB transaction,
+a mempool overlay or a plain dict in a test. Applying a block never mutates anything: it
+returns the new value of every touched account and its previous value (the undo record).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from chain.encoding import sha256
+from chain.errors import ChainError, Code, DecodeError
+from chain.keys import address_of
+from chain.tx import BOND, MAX_AMOUNT, TRANSFER, UNBOND, Transaction
+
+_ACCOUNT = struct.Struct(">QQQQQ")
+ACCOUNT_SIZE = _ACCOUNT.size
+_DIGEST_MOD = 2**256
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    balance: int = 0
+    nonce: int = 0  # the nonce the next transaction from this account must carry
+    stake: int = 0  # bonded, earning the right to produce blocks (Proof of Stake)
+    unbonding: int = 0  # leaving stake, spendable from `unbonding_height`
+    unbonding_height: int = 0
+
+
+EMPTY = Account()
+
+
+def encode_account(a: Account) -> bytes:
+    return _ACCOUNT.pack(a.balance, a.nonce, a.stake, a.unbonding, a.unbonding_height)
+
+
+def decode_account(data: bytes) -> Account:
+    if len(data) != ACCOUNT_SIZE:
+        raise DecodeError(f"account record of {len(data)} bytes, expected {ACCOUNT_SIZE}")
+    account = Account(*_ACCOUNT.unpack(data))
+    if max(account.balance, account.stake, account.unbonding) > MAX_AMOUNT:
+        raise DecodeError("account amount out of range")
+    return account
+
+
+class AccountReader(Protocol):
+    def get_account(self, address: bytes) -> Account | None: ...
+
+
+GetAccount = Callable[[bytes], "Account | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class TxContext:
+    """What a transaction's effect may depend on besides the accounts."""
+
+    height: int  # height of the block that includes it
+    unbonding_delay: int = 0
+    staking: bool = False  # bond and unbond are valid only on a Proof of Stake network
+
+
+def _add(a: int, b: int, what: str) -> int:
+    total = a + b
+    if total > MAX_AMOUNT:
+        raise ChainError(Code.BAD_AMOUNT, f"{what} would overflow")
+    return total
+
+
+def apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> dict[bytes, Account]:
+    """Check one transaction against the state `get` sees; return the accounts it changes.
+
+    The fee is debited here and credited to the producer by `apply_block`.
+    """
+    sender_addr = address_of(tx.sender)
+    sender = get(sender_addr) or EMPTY
+    if tx.nonce != sender.nonce:
+        raise ChainError(
+            Code.WRONG_NONCE, f"nonce {tx.nonce} but account {sender_addr.hex()[:8]} expects {sender.nonce}"
+        )
+    balance = sender.balance
+    if sender.unbonding and ctx.height >= sender.unbonding_height:
+        balance = _add(balance, sender.unbonding, "balance")
+        sender = Account(balance, sender.nonce, sender.stake, 0, 0)
+    cost = _add(tx.amount, tx.fee, "amount plus fee") if tx.kind in (TRANSFER, BOND) else tx.fee
+    if cost > balance:
+        raise ChainError(Code.INSUFFICIENT_FUNDS, f"needs {cost}, account holds {balance}")
+    nonce = sender.nonce + 1
+    if tx.kind == TRANSFER:
+        sender = Account(balance - cost, nonce, sender.stake, sender.unbonding, sender.unbonding_height)
+        if tx.recipient == sender_addr:
+            return {sender_addr: Account(sender.balance + tx.amount, *_rest(sender))}
+        recipient = get(tx.recipient) or EMPTY
+        return {
+            sender_addr: sender,
+            tx.recipient: Account(_add(recipient.balance, tx.amount, "recipient balance"), *_rest(recipient)),
+        }
+    if not ctx.staking:
+        raise ChainError(Code.BAD_BLOCK, "staking transactions are not valid on this network")
+    if tx.kind == BOND:
+        stake = _add(sender.stake, tx.amount, "stake")
+        return {sender_addr: Account(balance - cost, nonce, stake, sender.unbonding, sender.unbonding_height)}
+    if tx.kind == UNBOND:
+        if tx.amount > sender.stake:
+            raise ChainError(Code.INSUFFICIENT_FUNDS, f"unbonds {tx.amount}, stake is {sender.stake}")
+        unbonding = _add(sender.unbonding, tx.amount, "unbonding")
+        release = ctx.height + ctx.unbonding_delay
+        return {sender_addr: Account(balance - cost, nonce, sender.stake - tx.amount, unbonding, release)}
+    raise ChainError(Code.BAD_BLOCK, f"transaction kind {tx.kind} is not handled by this network")
+
+
+def _rest(a: Account) -> tuple[int, int, int, int]:
+    return (a.nonce, a.stake, a.unbonding, a.unbonding_height)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """The effect of one block: new account values and the values they replace (undo)."""
+
+    updated: Mapping[bytes, Account]
+    previous: Mapping[bytes, Account | None]
+    fees: int
+    minted: int
+
+
+class Overlay:
+    """Pending account values over a base reader; what a block or a mempool sees."""
+
+    __slots__ = ("_get", "changes", "previous")
+
+    def __init__(self, get: GetAccount) -> None:
+        self._get = get
+        self.changes: dict[bytes, Account] = {}
+        self.previous: dict[bytes, Account | None] = {}
+
+    def get(self, address: bytes) -> Account | None:
+        if address in self.changes:
+            return self.changes[address]
+        return self._get(address)
+
+    def put(self, updates: Mapping[bytes, Account]) -> None:
+        for address, account in updates.items():
+            if address not in self.previous:
+                self.previous[address] = self._get(address)
+            self.changes[address] = account
+
+
+def apply_block(get: GetAccount, txs: Iterable[Transaction], producer: bytes, reward: int, ctx: TxContext) -> StateChange:
+    """Apply every transaction in order, then credit reward plus fees to the producer.
+
+    Two transactions spending the same nonce, or more than the balance, fail here: the
+    second one sees the state the first one left.
+    """
+    overlay = Overlay(get)
+    fees = 0
+    for tx in txs:
+        overlay.put(apply_tx(overlay.get, tx, ctx))
+        fees += tx.fee
+    credit = reward + fees
+    if credit:
+        account = overlay.get(producer) or EMPTY
+        overlay.put({producer: Account(_add(account.balance, credit, "producer balance"), *_rest(account))})
+    return StateChange(overlay.changes, overlay.previous, fees, reward)
+
+
+# --- the state hash --------------------------------------------------------------------
+# A sum of per-account hashes modulo 2**256: it can be updated from a block's changes
+# alone, and recomputed from scratch by scanning every account, with the same result.
+# It identifies a state for comparison between nodes; it is not a consensus commitment.
+
+
+def account_digest(address: bytes, account: Account) -> int:
+    return int.from_bytes(sha256(b"peerledger/account" + address + encode_account(account)), "big")
+
+
+def digest_update(digest: int, previous: Mapping[bytes, Account | None], updated: Mapping[bytes, Account]) -> int:
+    for address, old in previous.items():
+        if old is not None:
+            digest -= account_digest(address, old)
+    for address, new in updated.items():
+        digest += account_digest(address, new)
+    return digest % _DIGEST_MOD
+
+
+def digest_undo(digest: int, previous: Mapping[bytes, Account | None], updated: Mapping[bytes, Account]) -> int:
+    for address, new in updated.items():
+        digest -= account_digest(address, new)
+    for address, old in previous.items():
+        if old is not None:
+            digest += account_digest(address, old)
+    return digest % _DIGEST_MOD
+
+
+def state_digest(accounts: Iterable[tuple[bytes, Account]]) -> int:
+    return sum(account_digest(a, acc) for a, acc in accounts) % _DIGEST_MOD
+
+
+def state_hash_hex(digest: int) -> str:
+    return digest.to_bytes(32, "big").hex()
+
+
+# --- undo records ------------------------------------------------------------------------
+
+
+def encode_undo(previous: Mapping[bytes, Account | None]) -> bytes:
+    parts = [struct.pack(">I", len(previous))]
+    for address in sorted(previous):
+        old = previous[address]
+        parts.append(address + (b"\x00" if old is None else b"\x01" + encode_account(old)))
+    return b"".join(parts)
+
+
+def decode_undo(data: bytes) -> dict[bytes, Account | None]:
+    from chain.encoding import Reader
+
+    r = Reader(data, "undo record")
+    previous: dict[bytes, Account | None] = {}
+    for _ in range(r.count(10_000_000)):
+        address = r.fixed(20)
+        previous[address] = decode_account(r.fixed(ACCOUNT_SIZE)) if r.u8() else None
+    r.done()
+    return previous
