@@ -1,0 +1,638 @@
+"""The node's ledger on disk: one LMDB environment, the only module that imports lmdb.
+
+What survives a power cut, and why:
+- LMDB is copy-on-write: a write transaction either commits completely or leaves the
+  previous version of every page in place. With `sync` on (the default), a commit returns
+  only after the data and the new meta page are on disk, so a power cut at any instant
+  leaves either the old tip or the new one.
+- Connecting a block writes its state changes, undo record, indexes and the tip pointer in
+  one write transaction. A reorganisation (undo back to the fork point, connect the heavier
+  branch) is also one transaction, aborted as a whole if any block of the branch is invalid.
+- With `sync` off, a power cut may lose the last commits but still cannot mix two states
+  (LMDB keeps the meta pages consistent); the node restarts on an older tip and re-syncs.
+
+Named databases:
+    meta      b"schema" u32 | b"network" 32 | b"tip" hash | b"digest" 32-byte state hash
+    headers   block hash -> header bytes
+    index     block hash -> height u64 | cumulative weight 32 | flags u8
+    blocks    block hash -> block bytes
+    main      height u64 -> block hash (the main chain)
+    side      height u64 + hash -> b"" (stored blocks off the main chain, for pruning)
+    accounts  address -> account record
+    undo      block hash -> undo record (previous values of the accounts it changed)
+    txindex   tx id -> block hash | position u32 (main chain only)
+
+One writer: the storage actor. Readers (API, validation, sync serving) open short read
+transactions from their own threads. The map grows by doubling on MapFullError, which LMDB
+allows only while no transaction is open in this process: readers therefore hold a shared
+lock that the resize takes exclusively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from chain.block import Block, Header, check_block_shape, decode_block, decode_header
+from chain.consensus import ConsensusEngine, HeaderContext, better_tip, check_header_context, engine_for
+from chain.errors import ChainError, Code
+from chain.params import POS, ChainParams, genesis_accounts, genesis_header
+from chain.state import (
+    Account,
+    TxContext,
+    apply_block,
+    decode_account,
+    decode_undo,
+    digest_undo,
+    digest_update,
+    encode_account,
+    encode_undo,
+    state_digest,
+    state_hash_hex,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_DATABASES = ("meta", "headers", "index", "blocks", "main", "side", "accounts", "undo", "txindex",
+              "peers", "bans", "mempool")
+_U64 = struct.Struct(">Q")
+_INDEX = struct.Struct(">Q32sB")
+_TXLOC = struct.Struct(">32sI")
+HAVE_BLOCK = 1
+INVALID = 2
+# A 32-bit process cannot map 2 GiB or more (Raspberry Pi OS 32-bit).
+MAX_MAP_SIZE = (2**31 - 2**20) if sys.maxsize < 2**32 else 2**40
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked; the message says why and what to do."""
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class StoreCorrupt(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    hash: bytes
+    height: int
+    weight: int
+    timestamp_ms: int
+    state_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    height: int
+    weight: int  # cumulative weight of the branch ending here
+    flags: int
+
+    @property
+    def has_block(self) -> bool:
+        return bool(self.flags & HAVE_BLOCK)
+
+    @property
+    def invalid(self) -> bool:
+        return bool(self.flags & INVALID)
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What adding a block did. `connected`/`disconnected` are in the order applied."""
+
+    status: str  # "connected", "reorganized", "side_branch", "duplicate", "reorg_refused"
+    tip: Tip
+    connected: tuple[Block, ...] = ()
+    disconnected: tuple[Block, ...] = ()
+
+
+def _encode_index(e: IndexEntry) -> bytes:
+    return _INDEX.pack(e.height, e.weight.to_bytes(32, "big"), e.flags)
+
+
+def _decode_index(data: bytes) -> IndexEntry:
+    height, weight, flags = _INDEX.unpack(data)
+    return IndexEntry(height, int.from_bytes(weight, "big"), flags)
+
+
+class _SharedLock:
+    """Many readers or one exclusive holder (only the map resize takes it exclusively)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class Store:
+    """The ledger of one node. Open it with `Store.open`; close it with `close`."""
+
+    def __init__(self, path: Path, params: ChainParams, env: lmdb.Environment, lock_fd: int) -> None:
+        self.path = path
+        self.params = params
+        self.engine: ConsensusEngine = engine_for(params)
+        self._env = env
+        self._lock_fd = lock_fd
+        self._dbs = {name: env.open_db(name.encode()) for name in _DATABASES}
+        self._rw = _SharedLock()
+        self._write_lock = threading.Lock()
+        self._tip: Tip | None = None
+        self._digest = 0
+        self._staking = params.consensus == POS
+
+    # --- opening and closing ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, params: ChainParams, *, map_size: int = 1 << 30, sync: bool = True) -> Store:
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create data directory {path}: {e.strerror}") from None
+        lock_fd = _lock_directory(path)
+        try:
+            map_size = min(map_size, MAX_MAP_SIZE)
+            env = lmdb.open(
+                str(path / "ledger"),
+                map_size=map_size,
+                max_dbs=len(_DATABASES) + 2,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_readers=256,
+            )
+        except lmdb.Error as e:
+            os.close(lock_fd)
+            raise StoreError(f"cannot open the store in {path}: {e}") from None
+        store = cls(path, params, env, lock_fd)
+        try:
+            store._initialise()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        if self._env is not None:
+            with self._rw.exclusive():
+                self._env.close()
+            self._env = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _initialise(self) -> None:
+        meta = self._dbs["meta"]
+        with self._env.begin() as txn:
+            schema = txn.get(b"schema", db=meta)
+            network = txn.get(b"network", db=meta)
+        if schema is None:
+            self._write(self._create_genesis)
+        else:
+            (version,) = struct.unpack(">I", schema)
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store in {self.path} has schema version {version}; this peerledger reads "
+                    f"version {SCHEMA_VERSION}. Use a matching peerledger or start from an empty data directory."
+                )
+            if network != self.params.network_id:
+                raise StoreError(
+                    f"the store in {self.path} belongs to network {network.hex()[:16]}, but the genesis spec "
+                    f"gives network {self.params.network_id.hex()[:16]}. Point the node at its own genesis "
+                    f"file or at another data directory."
+                )
+        self._load_tip()
+
+    def _create_genesis(self, txn: lmdb.Transaction) -> None:
+        d = self._dbs
+        header = genesis_header(self.params)
+        block = Block(header, ())
+        txn.put(b"schema", struct.pack(">I", SCHEMA_VERSION), db=d["meta"])
+        txn.put(b"network", self.params.network_id, db=d["meta"])
+        txn.put(header.hash, header.raw, db=d["headers"])
+        txn.put(header.hash, _encode_index(IndexEntry(0, 0, HAVE_BLOCK)), db=d["index"])
+        txn.put(header.hash, block.raw, db=d["blocks"])
+        txn.put(_U64.pack(0), header.hash, db=d["main"])
+        accounts = genesis_accounts(self.params)
+        for address, account in accounts.items():
+            txn.put(address, encode_account(account), db=d["accounts"])
+        txn.put(b"tip", header.hash, db=d["meta"])
+        txn.put(b"digest", state_digest(accounts.items()).to_bytes(32, "big"), db=d["meta"])
+
+    def _load_tip(self) -> None:
+        d = self._dbs
+        with self._read() as txn:
+            tip_hash = txn.get(b"tip", db=d["meta"])
+            digest = txn.get(b"digest", db=d["meta"])
+            raw_index = txn.get(tip_hash, db=d["index"]) if tip_hash else None
+            raw_header = txn.get(tip_hash, db=d["headers"]) if tip_hash else None
+            if raw_index is None or raw_header is None or digest is None:
+                raise StoreCorrupt(f"the store in {self.path} has no valid tip record; it is damaged")
+            entry = _decode_index(raw_index)
+            if txn.get(_U64.pack(entry.height), db=d["main"]) != tip_hash:
+                raise StoreCorrupt(f"the store in {self.path} is damaged: the tip is not on the main chain index")
+            if not txn.get(tip_hash, db=d["blocks"]):
+                raise StoreCorrupt(f"the store in {self.path} is damaged: the tip block is missing")
+        header = decode_header(raw_header)
+        self._digest = int.from_bytes(digest, "big")
+        self._tip = Tip(tip_hash, entry.height, entry.weight, header.timestamp_ms, state_hash_hex(self._digest))
+
+    # --- transactions ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        with self._rw.shared():
+            if self._env is None:
+                raise StoreError("the store is closed")
+            with self._env.begin(buffers=False) as txn:
+                yield txn
+
+    def _write(self, body: Callable[[lmdb.Transaction], object]) -> object:
+        """Run `body` in one write transaction; grow the map and retry if it is full."""
+        with self._write_lock:
+            while True:
+                try:
+                    with self._rw.shared():
+                        with self._env.begin(write=True) as txn:
+                            return body(txn)
+                except lmdb.MapFullError:
+                    self._grow_map()
+                except lmdb.Error as e:
+                    if _is_disk_full(e):
+                        raise StoreError(
+                            f"the disk holding {self.path} is full; nothing was written. Free space and the node "
+                            f"resumes where it was."
+                        ) from None
+                    raise
+
+    def _grow_map(self) -> None:
+        current = self._env.info()["map_size"]
+        if current >= MAX_MAP_SIZE:
+            raise StoreError(
+                f"the store in {self.path} reached its maximum map size of {current >> 20} MiB on this platform"
+            )
+        new_size = min(current * 2, MAX_MAP_SIZE)
+        with self._rw.exclusive():
+            self._env.set_mapsize(new_size)
+        log.info("store map grown from %d MiB to %d MiB", current >> 20, new_size >> 20)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def tip(self) -> Tip:
+        assert self._tip is not None
+        return self._tip
+
+    def header(self, block_hash: bytes) -> Header | None:
+        with self._read() as txn:
+            raw = txn.get(block_hash, db=self._dbs["headers"])
+        return decode_header(raw) if raw else None
+
+    def index_entry(self, block_hash: bytes) -> IndexEntry | None:
+        with self._read() as txn:
+            raw = txn.get(block_hash, db=self._dbs["index"])
+        return _decode_index(raw) if raw else None
+
+    def block_raw(self, block_hash: bytes) -> bytes | None:
+        with self._read() as txn:
+            return txn.get(block_hash, db=self._dbs["blocks"])
+
+    def block(self, block_hash: bytes) -> Block | None:
+        raw = self.block_raw(block_hash)
+        return decode_block(raw) if raw else None
+
+    def hash_at(self, height: int) -> bytes | None:
+        if height < 0:
+            return None
+        with self._read() as txn:
+            return txn.get(_U64.pack(height), db=self._dbs["main"])
+
+    def account(self, address: bytes) -> Account | None:
+        with self._read() as txn:
+            raw = txn.get(address, db=self._dbs["accounts"])
+        return decode_account(raw) if raw else None
+
+    def accounts(self, addresses: list[bytes]) -> dict[bytes, Account | None]:
+        """Several accounts from one consistent snapshot (mempool revalidation)."""
+        with self._read() as txn:
+            db = self._dbs["accounts"]
+            return {a: (decode_account(raw) if (raw := txn.get(a, db=db)) else None) for a in addresses}
+
+    def tx_location(self, txid: bytes) -> tuple[bytes, int, int] | None:
+        """(block hash, height, position) of a transaction on the main chain."""
+        with self._read() as txn:
+            raw = txn.get(txid, db=self._dbs["txindex"])
+            if raw is None:
+                return None
+            block_hash, position = _TXLOC.unpack(raw)
+            entry = _decode_index(txn.get(block_hash, db=self._dbs["index"]))
+        return block_hash, entry.height, position
+
+    def iter_accounts(self) -> Iterator[tuple[bytes, Account]]:
+        """Every account, from one snapshot. Holds a read transaction while iterating."""
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self._dbs["accounts"]):
+                yield key, decode_account(value)
+
+    def header_context(self, parent_hash: bytes) -> HeaderContext | None:
+        """The ancestors a child of `parent_hash` is judged against, on whatever branch."""
+        with self._read() as txn:
+            return self._header_context(txn, parent_hash)
+
+    def _header_context(self, txn: lmdb.Transaction, parent_hash: bytes) -> HeaderContext | None:
+        headers = self._dbs["headers"]
+        raw = txn.get(parent_hash, db=headers)
+        if raw is None:
+            return None
+        chain = [decode_header(raw)]  # parent, grandparent, ... back to genesis at most
+        while len(chain) < max(self.params.median_time_span, 2) and chain[-1].height > 0:
+            chain.append(decode_header(txn.get(chain[-1].prev_hash, db=headers)))
+        grandparent = chain[1] if len(chain) > 1 and chain[1].height > 0 else None
+        timestamps = tuple(h.timestamp_ms for h in chain[: self.params.median_time_span])
+        return HeaderContext(chain[0], grandparent, timestamps)
+
+    def locator(self) -> list[bytes]:
+        """Main-chain hashes at exponentially spaced heights back from the tip (Bitcoin's locator)."""
+        tip = self.tip()
+        heights, step, height = [], 1, tip.height
+        while height > 0 and len(heights) < 63:
+            heights.append(height)
+            if len(heights) >= 10:
+                step *= 2
+            height -= step
+        heights.append(0)
+        with self._read() as txn:
+            return [txn.get(_U64.pack(h), db=self._dbs["main"]) for h in heights]
+
+    def main_chain_hashes(self, start: int, count: int) -> list[bytes]:
+        with self._read() as txn:
+            out = []
+            for height in range(start, start + count):
+                h = txn.get(_U64.pack(height), db=self._dbs["main"])
+                if h is None:
+                    break
+                out.append(h)
+            return out
+
+    def state_digest(self) -> int:
+        return self._digest
+
+    # --- writing: blocks -----------------------------------------------------------------
+
+    def add_block(self, block: Block, now_ms: int) -> AddResult:
+        """Validate a block against its ancestors, store it, and follow the heaviest branch.
+
+        The caller has checked signatures. Raises ChainError when the block is invalid
+        (the block is then remembered as invalid, so its descendants are refused cheaply)
+        or when its parent is unknown (Code.UNKNOWN_PARENT: keep it as an orphan).
+        """
+        header = block.header
+        with self._read() as txn:
+            known = txn.get(header.hash, db=self._dbs["index"])
+            parent_raw = txn.get(header.prev_hash, db=self._dbs["index"])
+            ctx = self._header_context(txn, header.prev_hash) if parent_raw else None
+        if known is not None:
+            entry = _decode_index(known)
+            if entry.invalid:
+                raise ChainError(Code.INVALID_ANCESTOR, f"block {header.hash.hex()[:16]} is known to be invalid")
+            if entry.has_block:
+                return AddResult("duplicate", self.tip())
+        if parent_raw is None:
+            raise ChainError(Code.UNKNOWN_PARENT, f"parent {header.prev_hash.hex()[:16]} is unknown")
+        parent = _decode_index(parent_raw)
+        if parent.invalid:
+            self._mark_invalid(header)
+            raise ChainError(Code.INVALID_ANCESTOR, f"block {header.hash.hex()[:16]} descends from an invalid block")
+        if not parent.has_block:
+            raise ChainError(Code.UNKNOWN_PARENT, f"parent {header.prev_hash.hex()[:16]} has no block yet")
+        assert ctx is not None
+        check_header_context(self.engine, header, ctx, now_ms)
+        check_block_shape(block, self.params.max_block_bytes, self.params.max_block_txs)
+        entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), HAVE_BLOCK)
+        tip = self.tip()
+        if not better_tip(entry.weight, tip.weight):
+            self._write(lambda txn: self._store_side(txn, block, entry))
+            return AddResult("side_branch", tip)
+        try:
+            result, digest = self._write(lambda txn: self._switch_to(txn, block, entry))
+        except _BranchInvalid as bad:
+            self._write(lambda txn: self._store_invalid(txn, block, bad.block_hash))
+            raise bad.error from None
+        # Committed: only now does the in-memory view move.
+        self._digest = digest
+        self._tip = result.tip
+        return result
+
+    def _store_side(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> None:
+        d = self._dbs
+        txn.put(block.hash, block.header.raw, db=d["headers"])
+        txn.put(block.hash, _encode_index(entry), db=d["index"])
+        txn.put(block.hash, block.raw, db=d["blocks"])
+        txn.put(_U64.pack(entry.height) + block.hash, b"", db=d["side"])
+
+    def _store_invalid(self, txn: lmdb.Transaction, block: Block, bad_hash: bytes) -> None:
+        """Remember that `bad_hash` (in `block`'s branch) is invalid, and so is `block`."""
+        d = self._dbs
+        txn.put(block.hash, block.header.raw, db=d["headers"])
+        txn.put(block.hash, _encode_index(IndexEntry(block.height, 0, INVALID)), db=d["index"])
+        if bad_hash != block.hash:
+            raw = txn.get(bad_hash, db=d["index"])
+            if raw is not None:
+                old = _decode_index(raw)
+                txn.put(bad_hash, _encode_index(IndexEntry(old.height, old.weight, INVALID)), db=d["index"])
+                txn.delete(bad_hash, db=d["blocks"])
+                txn.delete(_U64.pack(old.height) + bad_hash, db=d["side"])
+
+    def _mark_invalid(self, header: Header) -> None:
+        def body(txn: lmdb.Transaction) -> None:
+            txn.put(header.hash, header.raw, db=self._dbs["headers"])
+            txn.put(header.hash, _encode_index(IndexEntry(header.height, 0, INVALID)), db=self._dbs["index"])
+
+        self._write(body)
+
+    def _switch_to(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> tuple[AddResult, int]:
+        """Store `block` and make its branch the main chain, all inside `txn`."""
+        d = self._dbs
+        tip = self.tip()
+        self._store_side(txn, block, entry)
+        # Walk the new branch back to the main chain.
+        branch = [block.hash]
+        cursor_hash, cursor_height = block.header.prev_hash, block.height - 1
+        while txn.get(_U64.pack(cursor_height), db=d["main"]) != cursor_hash:
+            if _decode_index(txn.get(cursor_hash, db=d["index"])).invalid:
+                raise _BranchInvalid(
+                    cursor_hash, ChainError(Code.INVALID_ANCESTOR, "block descends from an invalid block")
+                )
+            branch.append(cursor_hash)
+            cursor_hash = decode_header(txn.get(cursor_hash, db=d["headers"])).prev_hash
+            cursor_height -= 1
+        fork_height = cursor_height
+        depth = tip.height - fork_height
+        if depth > self.params.max_reorg_depth:
+            log.warning(
+                "refusing a reorganisation of depth %d (limit %d) to block %s at height %d",
+                depth, self.params.max_reorg_depth, block.hash.hex()[:16], block.height,
+            )
+            return AddResult("reorg_refused", tip), self._digest
+        digest = self._digest
+        disconnected = []
+        for height in range(tip.height, fork_height, -1):
+            old_hash = txn.get(_U64.pack(height), db=d["main"])
+            old_block = decode_block(txn.get(old_hash, db=d["blocks"]))
+            digest = self._disconnect(txn, old_block, digest)
+            disconnected.append(old_block)
+        connected = []
+        for block_hash in reversed(branch):
+            new_block = block if block_hash == block.hash else decode_block(txn.get(block_hash, db=d["blocks"]))
+            try:
+                digest = self._connect(txn, new_block, digest)
+            except ChainError as e:
+                raise _BranchInvalid(block_hash, e) from None
+            connected.append(new_block)
+        txn.put(b"tip", block.hash, db=d["meta"])
+        txn.put(b"digest", digest.to_bytes(32, "big"), db=d["meta"])
+        new_tip = Tip(block.hash, block.height, entry.weight, block.header.timestamp_ms, state_hash_hex(digest))
+        status = "connected" if not disconnected else "reorganized"
+        if disconnected:
+            log.info(
+                "reorganised: %d blocks disconnected, %d connected, new tip %s at %d",
+                len(disconnected), len(connected), block.hash.hex()[:16], block.height,
+            )
+        return AddResult(status, new_tip, tuple(connected), tuple(disconnected)), digest
+
+    def _get_account(self, txn: lmdb.Transaction, address: bytes) -> Account | None:
+        raw = txn.get(address, db=self._dbs["accounts"])
+        return decode_account(raw) if raw else None
+
+    def _connect(self, txn: lmdb.Transaction, block: Block, digest: int) -> int:
+        d = self._dbs
+        header = block.header
+        ctx = TxContext(header.height, self.params.unbonding_delay, self._staking)
+        change = apply_block(
+            lambda a: self._get_account(txn, a), block.txs, header.producer, self.params.block_reward, ctx
+        )
+        for address, account in change.updated.items():
+            txn.put(address, encode_account(account), db=d["accounts"])
+        txn.put(block.hash, encode_undo(change.previous), db=d["undo"])
+        txn.put(_U64.pack(header.height), block.hash, db=d["main"])
+        txn.delete(_U64.pack(header.height) + block.hash, db=d["side"])
+        for position, tx in enumerate(block.txs):
+            txn.put(tx.id, _TXLOC.pack(block.hash, position), db=d["txindex"])
+        return digest_update(digest, change.previous, change.updated)
+
+    def _disconnect(self, txn: lmdb.Transaction, block: Block, digest: int) -> int:
+        d = self._dbs
+        raw_undo = txn.get(block.hash, db=d["undo"])
+        if raw_undo is None:
+            raise StoreCorrupt(f"undo record of block {block.hash.hex()[:16]} is missing; the store is damaged")
+        previous = decode_undo(raw_undo)
+        current = {address: self._get_account(txn, address) for address in previous}
+        for address, old in previous.items():
+            if old is None:
+                txn.delete(address, db=d["accounts"])
+            else:
+                txn.put(address, encode_account(old), db=d["accounts"])
+        txn.delete(block.hash, db=d["undo"])
+        txn.delete(_U64.pack(block.height), db=d["main"])
+        txn.put(_U64.pack(block.height) + block.hash, b"", db=d["side"])
+        for tx in block.txs:
+            loc = txn.get(tx.id, db=d["txindex"])
+            if loc is not None and loc[:32] == block.hash:
+                txn.delete(tx.id, db=d["txindex"])
+        return digest_undo(digest, previous, {a: acc for a, acc in current.items() if acc is not None})
+
+    def prune_side_branches(self) -> int:
+        """Forget side-branch blocks deeper than the reorg limit: they can never win."""
+        limit = self.tip().height - self.params.max_reorg_depth
+        if limit <= 0:
+            return 0
+        d = self._dbs
+
+        def body(txn: lmdb.Transaction) -> int:
+            doomed = []
+            with txn.cursor(db=d["side"]) as cursor:
+                for key, _ in cursor:
+                    if _U64.unpack_from(key)[0] >= limit:
+                        break
+                    doomed.append(key)
+            for key in doomed:
+                block_hash = key[8:]
+                txn.delete(key, db=d["side"])
+                for db in ("blocks", "headers", "index"):
+                    txn.delete(block_hash, db=d[db])
+            return len(doomed)
+
+        return self._write(body)
+
+
+class _BranchInvalid(Exception):
+    def __init__(self, block_hash: bytes, error: ChainError) -> None:
+        self.block_hash = block_hash
+        self.error = error
+
+
+def _is_disk_full(error: lmdb.Error) -> bool:
+    return "No space left" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+
+
+def _lock_directory(path: Path) -> int:
+    """Hold an exclusive lock on the data directory for the life of the process."""
+    lock_path = path / "LOCK"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise StoreLocked(
+            f"data directory {path} is in use by another peerledger process (pid {holder}); "
+            f"two nodes cannot share one data directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
