@@ -1,0 +1,1 @@
+"""peerledger, the application: command line, configuration, devnet launcher, local HTTP API."""
