@@ -37,6 +37,10 @@ class ConsensusEngine(Protocol):
     def next_difficulty(self, ctx: HeaderContext) -> int:
         """The difficulty a child of ctx.parent must carry."""
 
+    def precheck(self, header: Header) -> None:
+        """The part of the proof that needs no context: a cheap filter run before any
+        signature of the block is verified, so junk blocks cost their sender, not us."""
+
     def check_proof(self, header: Header, ctx: HeaderContext) -> None:
         """Raise ChainError unless the header's proof is valid (work done, or slot won)."""
 

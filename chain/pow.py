@@ -64,7 +64,10 @@ class ProofOfWork:
         return asert_next(ctx.parent.difficulty, solvetime, p.block_interval_ms, p.difficulty_half_life,
                           p.min_difficulty)
 
-    def check_proof(self, header: Header, ctx: HeaderContext) -> None:
+    def precheck(self, header: Header) -> None:
+        self.check_proof(header, None)
+
+    def check_proof(self, header: Header, ctx: HeaderContext | None) -> None:
         if len(header.proof) != NONCE_SIZE:
             raise ChainError(Code.BAD_PROOF, "a Proof of Work header carries an 8-byte nonce")
         if not meets_target(header.hash, header.difficulty):

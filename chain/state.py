@@ -70,6 +70,18 @@ def _add(a: int, b: int, what: str) -> int:
     return total
 
 
+def tx_cost(tx: Transaction) -> int:
+    """What a transaction takes from its sender's spendable balance."""
+    return tx.amount + tx.fee if tx.kind in (TRANSFER, BOND) else tx.fee
+
+
+def spendable(account: Account, height: int) -> int:
+    """Balance plus stake whose unbonding delay has passed by `height`."""
+    if account.unbonding and height >= account.unbonding_height:
+        return account.balance + account.unbonding
+    return account.balance
+
+
 def apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> dict[bytes, Account]:
     """Check one transaction against the state `get` sees; return the accounts it changes.
 
@@ -85,7 +97,9 @@ def apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> dict[bytes, Ac
     if sender.unbonding and ctx.height >= sender.unbonding_height:
         balance = _add(balance, sender.unbonding, "balance")
         sender = Account(balance, sender.nonce, sender.stake, 0, 0)
-    cost = _add(tx.amount, tx.fee, "amount plus fee") if tx.kind in (TRANSFER, BOND) else tx.fee
+    cost = tx_cost(tx)
+    if cost > MAX_AMOUNT:
+        raise ChainError(Code.BAD_AMOUNT, "amount plus fee would overflow")
     if cost > balance:
         raise ChainError(Code.INSUFFICIENT_FUNDS, f"needs {cost}, account holds {balance}")
     nonce = sender.nonce + 1
