@@ -1,0 +1,305 @@
+"""The mempool: verified transactions waiting for a block.
+
+Policy, as a node operator expects it:
+- per sender, transactions form a gap-free run of nonces starting at the account's nonce,
+  and together they may not spend more than the account holds;
+- a pending transaction is replaced by one with the same sender and nonce and a higher fee;
+- the pool is capped in bytes; when full, a newcomer evicts the cheapest transaction that
+  is last in its sender's run (evicting one in the middle would strand the ones after it),
+  and is refused if it pays no more than that;
+- transactions expire after a while; blocks are filled by fee per byte, each sender's
+  transactions in nonce order;
+- after every new tip or reorganisation the pool drops what was confirmed or became
+  invalid, and takes back the transactions of disconnected blocks.
+Signatures were checked before anything gets here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from actors.base import NodeActor, Supervisor
+from actors.directory import ActorDirectory
+from actors.messages import AddTxs, BlockTemplateTxs, MempoolQuery, Tick, TipChanged, TxRejected, TxsAccepted, WantTxs
+from chain.errors import ChainError, Code
+from chain.keys import address_of
+from chain.state import EMPTY, Account, spendable, tx_cost
+from chain.tx import Transaction
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Entry:
+    tx: Transaction
+    sender: bytes  # address
+    added_ms: int
+
+    @property
+    def fee_rate(self) -> float:
+        return self.tx.fee / self.tx.size
+
+
+class TxPool:
+    """The mempool's data and rules, free of threads so that they can be tested alone."""
+
+    def __init__(
+        self,
+        get_account: Callable[[bytes], Account | None],
+        *,
+        max_bytes: int,
+        min_fee: int,
+        max_per_sender: int,
+        expiry_ms: int,
+        next_height: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.get_account = get_account
+        self.max_bytes = max_bytes
+        self.min_fee = min_fee
+        self.max_per_sender = max_per_sender
+        self.expiry_ms = expiry_ms
+        self.next_height = next_height
+        self.by_id: dict[bytes, Entry] = {}
+        self.by_sender: dict[bytes, list[Entry]] = {}  # each list in nonce order, gap-free
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def __contains__(self, txid: bytes) -> bool:
+        return txid in self.by_id
+
+    def next_nonce(self, address: bytes) -> int:
+        account = self.get_account(address) or EMPTY
+        return account.nonce + len(self.by_sender.get(address, ()))
+
+    # --- admission ---------------------------------------------------------------------
+
+    def add(self, tx: Transaction, now_ms: int) -> list[Entry]:
+        """Admit `tx` or raise ChainError with the reason; returns the entries it evicted."""
+        if tx.id in self.by_id:
+            raise ChainError(Code.DUPLICATE, f"transaction {tx.id.hex()[:16]} is already pending")
+        if tx.fee < self.min_fee:
+            raise ChainError(Code.FEE_TOO_LOW, f"fee {tx.fee} is below this node's minimum of {self.min_fee}")
+        sender = address_of(tx.sender)
+        account = self.get_account(sender) or EMPTY
+        run = self.by_sender.get(sender, [])
+        position = tx.nonce - account.nonce
+        if position < 0:
+            raise ChainError(Code.WRONG_NONCE, f"nonce {tx.nonce} is already used (account nonce {account.nonce})")
+        if position > len(run):
+            raise ChainError(
+                Code.WRONG_NONCE, f"nonce {tx.nonce} leaves a gap: the next nonce for this sender is {account.nonce + len(run)}"
+            )
+        replaced = run[position] if position < len(run) else None
+        if replaced is not None and tx.fee <= replaced.tx.fee:
+            raise ChainError(
+                Code.FEE_TOO_LOW, f"replacing pending nonce {tx.nonce} needs a fee above {replaced.tx.fee}"
+            )
+        if replaced is None and len(run) >= self.max_per_sender:
+            raise ChainError(Code.MEMPOOL_FULL, f"this sender already has {len(run)} pending transactions")
+        costs = [tx_cost(e.tx) for e in run]
+        if replaced is not None:
+            costs[position] = tx_cost(tx)
+            # Later nonces must still be affordable, or the replacement would strand them.
+        else:
+            costs.append(tx_cost(tx))
+        if sum(costs) > spendable(account, self.next_height()):
+            raise ChainError(
+                Code.INSUFFICIENT_FUNDS,
+                f"account holds {spendable(account, self.next_height())}, pending spending would be {sum(costs)}",
+            )
+        freed = replaced.tx.size if replaced else 0
+        evicted = self._make_room(tx, sender, tx.size - freed)
+        entry = Entry(tx, sender, now_ms)
+        if replaced is not None:
+            run[position] = entry
+            del self.by_id[replaced.tx.id]
+            self.bytes -= replaced.tx.size
+        else:
+            run.append(entry)
+            self.by_sender[sender] = run
+        self.by_id[tx.id] = entry
+        self.bytes += tx.size
+        return evicted
+
+    def _make_room(self, tx: Transaction, sender: bytes, needed: int) -> list[Entry]:
+        if self.bytes + needed <= self.max_bytes:
+            return []
+        rate = tx.fee / tx.size
+        tails = [(run[-1].fee_rate, s) for s, run in self.by_sender.items() if s != sender and run]
+        heapq.heapify(tails)
+        victims: list[Entry] = []
+        freed = 0
+        while self.bytes + needed - freed > self.max_bytes:
+            if not tails or tails[0][0] >= rate:
+                raise ChainError(Code.MEMPOOL_FULL, "the mempool is full and this fee does not outbid the cheapest")
+            _, victim_sender = heapq.heappop(tails)
+            run = self.by_sender[victim_sender]
+            index = len(run) - 1 - sum(1 for v in victims if v.sender == victim_sender)
+            victims.append(run[index])
+            freed += run[index].tx.size
+            if index > 0:
+                heapq.heappush(tails, (run[index - 1].fee_rate, victim_sender))
+        for victim in victims:
+            self._remove_from(victim.sender, victim.tx.nonce)
+        return victims
+
+    # --- removal -------------------------------------------------------------------------
+
+    def _remove_from(self, sender: bytes, nonce: int) -> list[Entry]:
+        """Remove the sender's transactions from `nonce` on (later ones would have a gap)."""
+        run = self.by_sender.get(sender)
+        if not run:
+            return []
+        cut = next((i for i, e in enumerate(run) if e.tx.nonce >= nonce), len(run))
+        removed, kept = run[cut:], run[:cut]
+        for entry in removed:
+            del self.by_id[entry.tx.id]
+            self.bytes -= entry.tx.size
+        if kept:
+            self.by_sender[sender] = kept
+        else:
+            del self.by_sender[sender]
+        return removed
+
+    def rebuild(self, senders: Iterable[bytes], returned: Iterable[Transaction], now_ms: int) -> tuple[int, int]:
+        """Re-admit these senders' transactions, plus `returned` ones, against the current state.
+
+        Called after the tip moved: what was confirmed now fails its nonce check, what became
+        unaffordable fails its balance check, and transactions of disconnected blocks take
+        their place again in nonce order. Answers (kept, dropped).
+        """
+        candidates: dict[bytes, Entry] = {}
+        for sender in set(senders):
+            for entry in self.by_sender.pop(sender, []):
+                del self.by_id[entry.tx.id]
+                self.bytes -= entry.tx.size
+                candidates[entry.tx.id] = entry
+        for tx in returned:
+            if tx.id not in candidates and tx.id not in self.by_id:
+                candidates[tx.id] = Entry(tx, address_of(tx.sender), now_ms)
+        kept = 0
+        # Same sender and nonce twice (a replacement): the higher fee goes first and wins.
+        for entry in sorted(candidates.values(), key=lambda e: (e.sender, e.tx.nonce, -e.tx.fee)):
+            try:
+                self.add(entry.tx, entry.added_ms)
+                kept += 1
+            except ChainError:
+                pass
+        return kept, len(candidates) - kept
+
+    def expire(self, now_ms: int) -> list[Entry]:
+        expired: list[Entry] = []
+        for sender in list(self.by_sender):
+            run = self.by_sender[sender]
+            old = next((e for e in run if now_ms - e.added_ms > self.expiry_ms), None)
+            if old is not None:
+                expired += self._remove_from(sender, old.tx.nonce)
+        return expired
+
+    # --- selection -----------------------------------------------------------------------
+
+    def select(self, max_bytes: int, max_txs: int) -> list[Transaction]:
+        """Best fee per byte first, each sender's transactions in nonce order."""
+        heap = [(-run[0].fee_rate, sender, 0) for sender, run in self.by_sender.items()]
+        heapq.heapify(heap)
+        chosen: list[Transaction] = []
+        size = 0
+        while heap and len(chosen) < max_txs:
+            _, sender, index = heapq.heappop(heap)
+            tx = self.by_sender[sender][index].tx
+            if size + tx.size > max_bytes:
+                continue  # this sender's later nonces cannot come without this one
+            chosen.append(tx)
+            size += tx.size
+            run = self.by_sender[sender]
+            if index + 1 < len(run):
+                heapq.heappush(heap, (-run[index + 1].fee_rate, sender, index + 1))
+        return chosen
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MempoolActor(NodeActor):
+    name = "mempool"
+    TEMPLATE_OVERHEAD = 512  # header and count, kept free in every block template
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        refs: ActorDirectory,
+        store: Store,
+        *,
+        max_bytes: int,
+        min_fee: int,
+        max_per_sender: int,
+        expiry_s: int,
+    ) -> None:
+        super().__init__(supervisor)
+        self.refs = refs
+        self.store = store
+        self.pool = TxPool(
+            store.account,
+            max_bytes=max_bytes,
+            min_fee=min_fee,
+            max_per_sender=max_per_sender,
+            expiry_ms=expiry_s * 1000,
+            next_height=lambda: store.tip().height + 1,
+        )
+
+    def on_receive(self, message: object) -> object:
+        match message:
+            case AddTxs(txs, origin):
+                return self._add(txs, origin)
+            case TipChanged():
+                self._on_tip(message)
+            case WantTxs(tip_hash, max_bytes, max_txs, reply_to):
+                txs = self.pool.select(max(0, max_bytes - self.TEMPLATE_OVERHEAD), max_txs)
+                reply_to.tell(BlockTemplateTxs(tip_hash, tuple(txs)))
+            case MempoolQuery(address):
+                info = {"size": len(self.pool), "bytes": self.pool.bytes}
+                if address is not None:
+                    info["next_nonce"] = self.pool.next_nonce(address)
+                return info
+            case Tick(now_ms):
+                expired = self.pool.expire(now_ms)
+                if expired:
+                    log.info("mempool: %d transactions expired", len(expired))
+            case _:
+                log.warning("mempool: unexpected message %r", type(message).__name__)
+        return None
+
+    def _add(self, txs: tuple[Transaction, ...], origin: bytes | None) -> list[ChainError | None]:
+        """Admit each transaction; answers, in order, None for accepted or the error."""
+        now = _now_ms()
+        results: list[ChainError | None] = []
+        accepted: list[Transaction] = []
+        for tx in txs:
+            try:
+                self.pool.add(tx, now)
+            except ChainError as e:
+                results.append(e)
+                if origin is not None:
+                    self.refs.tell("network", TxRejected(tx.id, origin, e))
+                continue
+            results.append(None)
+            accepted.append(tx)
+        if accepted:
+            self.refs.tell("network", TxsAccepted(tuple(accepted), origin))
+        return results
+
+    def _on_tip(self, change: TipChanged) -> None:
+        senders = {address_of(tx.sender) for block in change.connected + change.disconnected for tx in block.txs}
+        # Disconnected blocks are listed tip first; their transactions return oldest first.
+        returned = [tx for block in reversed(change.disconnected) for tx in block.txs]
+        kept, dropped = self.pool.rebuild(senders, returned, _now_ms())
+        if change.disconnected:
+            log.info("mempool after reorganisation: %d transactions pending again, %d dropped", kept, dropped)

@@ -1,0 +1,132 @@
+"""Messages between the node's actors: immutable, one class per event or query.
+
+`origin` is the node id of the peer an object came from, or None when it came from this
+node (its API or its producer); rejections go back to the network actor with it so that
+the peer can be penalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from chain.block import Block
+from chain.errors import ChainError
+from chain.tx import Transaction
+from storage.store import Tip
+
+Origin = bytes | None
+
+
+# --- validation ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CheckTx:
+    """Ask: decode and verify one transaction; answers the Transaction or raises ChainError."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TxsReceived:
+    """Raw transactions from a peer, to be verified and offered to the mempool."""
+
+    raws: tuple[bytes, ...]
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class BlockReceived:
+    """A raw block from a peer, to be decoded, verified and handed to storage."""
+
+    raw: bytes
+    origin: Origin
+
+
+# --- storage ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AddBlock:
+    """A block whose signatures are verified, for storage to validate in context and store."""
+
+    block: Block
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class TipChanged:
+    """The main chain moved; blocks are listed in the order they were (dis)connected."""
+
+    tip: Tip
+    connected: tuple[Block, ...]
+    disconnected: tuple[Block, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRejected:
+    block_hash: bytes
+    origin: Origin
+    error: ChainError
+
+
+# --- mempool ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AddTxs:
+    """Verified transactions for the mempool. Asked from the API (answers per-tx results)."""
+
+    txs: tuple[Transaction, ...]
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class TxsAccepted:
+    """Transactions newly admitted to the mempool, to relay."""
+
+    txs: tuple[Transaction, ...]
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class TxRejected:
+    txid: bytes
+    origin: Origin
+    error: ChainError
+
+
+@dataclass(frozen=True, slots=True)
+class WantTxs:
+    """The producer asks for the best transactions on top of `tip_hash`; answered by tell."""
+
+    tip_hash: bytes
+    max_bytes: int
+    max_txs: int
+    reply_to: Any  # ActorRef of the producer
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTemplateTxs:
+    tip_hash: bytes
+    txs: tuple[Transaction, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolQuery:
+    """Ask: size, bytes, and optionally the next nonce an address should use."""
+
+    address: bytes | None = None
+
+
+# --- producer -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """A worker finished searching a nonce range of job `job`."""
+
+    job: int
+    nonce: int | None
+    hashes: int
+
+
+# --- timers -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Periodic housekeeping (expiry, refresh); sent by the node's timer thread."""
+
+    now_ms: int

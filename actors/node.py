@@ -1,0 +1,169 @@
+"""The node supervisor: opens the store, starts the actors in order, stops them all.
+
+Start order follows the flow of data backwards, so that no actor receives a message
+before the actor it tells exists: storage, mempool, validation, producer, then the timer
+and, last, whatever lets the outside world in (API, network). Stop is the reverse. If any
+actor fails, the supervisor records why and the node stops as a whole: a node missing an
+actor would look alive while being broken.
+
+`settings` is the application's typed configuration; the node reads only its attributes
+(`settings.storage.map_size_mb`, ...), so this layer does not import the application.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from actors.clock import NetworkClock
+from actors.directory import ActorDirectory
+from actors.mempool import MempoolActor
+from actors.messages import AddTxs, CheckTx, MempoolQuery, Tick
+from actors.producer import ProducerActor
+from actors.storage import StorageActor
+from actors.validation import ValidationActor
+from chain.errors import ChainError
+from chain.params import ChainParams
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+ASK_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 1.5  # per actor; the whole stop stays within 5 s
+
+
+class Node:
+    def __init__(self, settings: Any, params: ChainParams, *, reward_address: bytes) -> None:
+        self.settings = settings
+        self.params = params
+        self.reward_address = reward_address
+        self.refs = ActorDirectory()
+        self.store: Store | None = None
+        self.clock = NetworkClock(settings.network.max_clock_offset_s * 1000)
+        self.started_at = time.time()
+        self._stop_requested = threading.Event()
+        self._stop_reason = ""
+        self._timer: threading.Thread | None = None
+        self._stopped = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self.store = Store.open(
+            s.node.data_dir, self.params, map_size=s.storage.map_size_mb << 20, sync=s.storage.sync
+        )
+        try:
+            self.refs.storage = StorageActor.start(self, self.refs, self.store, self.clock)
+            self.refs.mempool = MempoolActor.start(
+                self,
+                self.refs,
+                self.store,
+                max_bytes=s.mempool.max_bytes,
+                min_fee=s.mempool.min_fee,
+                max_per_sender=s.mempool.max_per_sender,
+                expiry_s=s.mempool.expiry_s,
+            )
+            self.refs.validation = ValidationActor.start(
+                self,
+                self.refs,
+                self.params,
+                workers=s.validation.workers,
+                batch_min=s.validation.batch_min,
+                cache_size=s.validation.cache_size,
+            )
+            if s.producer.enabled and s.producer.workers > 0:
+                self.refs.producer = ProducerActor.start(
+                    self,
+                    self.refs,
+                    self.store,
+                    self.clock,
+                    self.params,
+                    workers=s.producer.workers,
+                    reward_address=self.reward_address,
+                    chunk_nonces=s.producer.chunk_nonces,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self._timer = threading.Thread(target=self._tick_loop, name="node-timer", daemon=True)
+        self._timer.start()
+        tip = self.store.tip()
+        log.info(
+            "node started network=%s height=%d tip=%s producer=%s",
+            self.params.network_id.hex()[:16], tip.height, tip.hash.hex()[:16],
+            "on" if self.refs.producer else "off",
+        )
+
+    def _tick_loop(self) -> None:
+        while not self._stop_requested.wait(TICK_S):
+            tick = Tick(int(time.time() * 1000))
+            for name in ("mempool", "producer"):
+                self.refs.tell(name, tick)
+
+    def actor_failed(self, name: str, error: BaseException) -> None:
+        self.request_stop(f"actor {name} failed: {error}")
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_requested.is_set():
+            self._stop_reason = reason
+            self._stop_requested.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop is requested (signal, failure); True if one was."""
+        return self._stop_requested.wait(timeout)
+
+    @property
+    def stop_reason(self) -> str:
+        return self._stop_reason
+
+    def stop(self) -> None:
+        """Stop every actor, newest first, then close the store. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_requested.set()
+        for name in ("network", "producer", "validation", "mempool", "storage"):
+            ref = getattr(self.refs, name)
+            if ref is None:
+                continue
+            try:
+                ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+            except pykka.Timeout:
+                log.error("actor %s did not stop within %.1f s; abandoning it", name, STOP_TIMEOUT_S)
+            except pykka.ActorDeadError:
+                pass
+            setattr(self.refs, name, None)
+        if self._timer is not None:
+            self._timer.join(TICK_S + 1)
+        if self.store is not None:
+            self.store.close()
+        log.info("node stopped%s", f": {self._stop_reason}" if self._stop_reason else "")
+
+    # --- the edge: queries and submissions from the API, CLI and tests ----------------------
+
+    def submit_tx(self, raw: bytes) -> bytes:
+        """Verify and admit one transaction; answers its id or raises ChainError."""
+        tx = self.refs.validation.ask(CheckTx(raw), timeout=ASK_TIMEOUT_S)
+        (error,) = self.refs.mempool.ask(AddTxs((tx,), None), timeout=ASK_TIMEOUT_S)
+        if error is not None:
+            raise error
+        return tx.id
+
+    def mempool_info(self, address: bytes | None = None) -> dict:
+        return self.refs.mempool.ask(MempoolQuery(address), timeout=ASK_TIMEOUT_S)
+
+    def producer_stats(self) -> dict | None:
+        if self.refs.producer is None:
+            return None
+        return self.refs.producer.ask("stats", timeout=ASK_TIMEOUT_S)
+
+    def validation_stats(self) -> dict:
+        return self.refs.validation.ask("stats", timeout=ASK_TIMEOUT_S)
+
+

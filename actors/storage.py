@@ -1,0 +1,66 @@
+"""The storage actor: the only writer of the ledger.
+
+Blocks arrive verified (signatures, shape) from the validation actor or freshly produced
+by this node; here they are checked against their ancestors and the state, stored, and the
+heaviest branch is followed. Every change of tip is told to the actors that depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from actors.base import NodeActor, Supervisor
+from actors.clock import NetworkClock
+from actors.directory import ActorDirectory
+from actors.messages import AddBlock, BlockRejected, TipChanged
+from chain.errors import ChainError
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 100  # blocks between prunings of dead side branches
+
+
+class StorageActor(NodeActor):
+    name = "storage"
+
+    def __init__(self, supervisor: Supervisor, refs: ActorDirectory, store: Store, clock: NetworkClock) -> None:
+        super().__init__(supervisor)
+        self.refs = refs
+        self.store = store
+        self.clock = clock
+        self._since_prune = 0
+
+    def on_receive(self, message: object) -> object:
+        match message:
+            case AddBlock(block, origin):
+                return self._add(block, origin)
+            case _:
+                log.warning("storage: unexpected message %r", type(message).__name__)
+        return None
+
+    def _add(self, block, origin: bytes | None) -> str:
+        try:
+            result = self.store.add_block(block, self.clock.now_ms())
+        except ChainError as e:
+            level = logging.WARNING if origin is None else logging.INFO
+            log.log(level, "block %s at height %d rejected: %s", block.hash.hex()[:16], block.height, e)
+            self.refs.tell("network", BlockRejected(block.hash, origin, e))
+            return e.code.text
+        if result.status in ("connected", "reorganized"):
+            tip = result.tip
+            log.info(
+                "tip %s height=%d txs=%d state=%s%s",
+                tip.hash.hex()[:16], tip.height, len(block.txs), tip.state_hash[:16],
+                f" reorg_depth={len(result.disconnected)}" if result.disconnected else "",
+            )
+            change = TipChanged(tip, result.connected, result.disconnected)
+            for name in ("mempool", "producer", "network"):
+                self.refs.tell(name, change)
+            self._since_prune += len(result.connected)
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                pruned = self.store.prune_side_branches()
+                if pruned:
+                    log.info("pruned %d side-branch blocks below the reorganisation limit", pruned)
+        return result.status
