@@ -325,9 +325,14 @@ class Address(Kind):
         try:
             address_from_text(value)
         except ChainError as e:
-            reason = e.message.removeprefix(repr(value)).strip()
-            raise self.fail(value, reason) from None
+            raise self.fail(value, _address_reason(value, e)) from None
         return value
+
+
+def _address_reason(value: Any, error: ChainError) -> str:
+    """chain.keys' reason without the repeated value, with a hint at the usual cause."""
+    reason = error.message.removeprefix(repr(value)).strip() if isinstance(value, str) else error.message
+    return reason if "mistyped" in reason else f"{reason} (mistyped?)"
 
 
 class ListOf(Kind):
@@ -694,7 +699,7 @@ def _genesis_entries(entries: Any, label: str, source: Path) -> list[tuple[bytes
         try:
             address = address_from_text(text)
         except ChainError as e:
-            reason = e.message.removeprefix(repr(text)).strip() if isinstance(text, str) else e.message
+            reason = _address_reason(text, e)
             raise ConfigError(
                 source, f"{where} address", f'expected a peerledger address ("pl" + 39 characters), got {_show(text)}; {reason}'
             ) from None
