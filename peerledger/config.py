@@ -158,7 +158,7 @@ class Seconds(Kind):
     def convert(self, value: Any, base: Path) -> float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise self.fail(value, self._type_hint(value))
-        if not (math.isfinite(value) and 0 < value <= self.high):
+        if not 0 < value <= self.high:  # also refuses nan and inf
             raise self.fail(value)
         return float(value)
 
@@ -341,7 +341,7 @@ class ListOf(Kind):
         self.expected = f"a list of {what}"
 
     def convert(self, value: Any, base: Path) -> tuple[Any, ...]:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):  # tuples: settings built in memory
             raise self.fail(value)
         out: list[Any] = []
         for number, raw in enumerate(value, 1):
@@ -603,7 +603,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+        # JSON escapes quotes, backslashes and control characters as TOML does, except DEL.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
