@@ -264,10 +264,13 @@ class MempoolActor(NodeActor):
             case WantTxs(tip_hash, max_bytes, max_txs, reply_to):
                 txs = self.pool.select(max(0, max_bytes - self.TEMPLATE_OVERHEAD), max_txs)
                 reply_to.tell(BlockTemplateTxs(tip_hash, tuple(txs)))
-            case MempoolQuery(address):
+            case MempoolQuery(address, txid):
                 info = {"size": len(self.pool), "bytes": self.pool.bytes}
                 if address is not None:
                     info["next_nonce"] = self.pool.next_nonce(address)
+                if txid is not None:
+                    entry = self.pool.by_id.get(txid)
+                    info["tx"] = entry.tx if entry else None
                 return info
             case Tick(now_ms):
                 expired = self.pool.expire(now_ms)

@@ -109,9 +109,11 @@ class BlockTemplateTxs:
 
 @dataclass(frozen=True, slots=True)
 class MempoolQuery:
-    """Ask: size, bytes, and optionally the next nonce an address should use."""
+    """Ask: size and bytes; with `address`, the next nonce it should use; with `txid`, that
+    pending transaction (or None)."""
 
     address: bytes | None = None
+    txid: bytes | None = None
 
 
 # --- producer -----------------------------------------------------------------------------

@@ -149,21 +149,36 @@ class Node:
 
     def submit_tx(self, raw: bytes) -> bytes:
         """Verify and admit one transaction; answers its id or raises ChainError."""
-        tx = self.refs.validation.ask(CheckTx(raw), timeout=ASK_TIMEOUT_S)
-        (error,) = self.refs.mempool.ask(AddTxs((tx,), None), timeout=ASK_TIMEOUT_S)
+        tx = self._ask("validation", CheckTx(raw))
+        (error,) = self._ask("mempool", AddTxs((tx,), None))
         if error is not None:
             raise error
         return tx.id
 
-    def mempool_info(self, address: bytes | None = None) -> dict:
-        return self.refs.mempool.ask(MempoolQuery(address), timeout=ASK_TIMEOUT_S)
+    def mempool_info(self, address: bytes | None = None, txid: bytes | None = None) -> dict:
+        return self._ask("mempool", MempoolQuery(address, txid))
+
+    def pending_tx(self, txid: bytes):  # noqa: ANN201 - Transaction | None
+        return self.mempool_info(txid=txid)["tx"]
 
     def producer_stats(self) -> dict | None:
         if self.refs.producer is None:
             return None
-        return self.refs.producer.ask("stats", timeout=ASK_TIMEOUT_S)
+        return self._ask("producer", "stats")
 
     def validation_stats(self) -> dict:
-        return self.refs.validation.ask("stats", timeout=ASK_TIMEOUT_S)
+        return self._ask("validation", "stats")
+
+    def _ask(self, name: str, message: object) -> Any:
+        """Ask an actor from outside the actor system; a slow or stopped node is a TimeoutError."""
+        ref = getattr(self.refs, name)
+        if ref is None:
+            raise TimeoutError(f"the node is not running ({name} is stopped)")
+        try:
+            return ref.ask(message, timeout=ASK_TIMEOUT_S)
+        except pykka.Timeout:
+            raise TimeoutError(f"{name} did not answer within {ASK_TIMEOUT_S:g} s") from None
+        except pykka.ActorDeadError:
+            raise TimeoutError(f"the node is stopping ({name} is stopped)") from None
 
 
