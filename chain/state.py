@@ -232,8 +232,15 @@ def decode_undo(data: bytes) -> dict[bytes, Account | None]:
 
     r = Reader(data, "undo record")
     previous: dict[bytes, Account | None] = {}
+    last = b""
     for _ in range(r.count(10_000_000)):
         address = r.fixed(20)
-        previous[address] = decode_account(r.fixed(ACCOUNT_SIZE)) if r.u8() else None
+        if address <= last:  # encode_undo writes each address once, in ascending order
+            raise DecodeError("undo record: addresses not in strictly ascending order")
+        last = address
+        flag = r.u8()
+        if flag > 1:
+            raise DecodeError(f"undo record: presence flag {flag} is neither 0 nor 1")
+        previous[address] = decode_account(r.fixed(ACCOUNT_SIZE)) if flag else None
     r.done()
     return previous
