@@ -472,6 +472,7 @@ class Store:
         txn.put(block.hash, _encode_index(entry), db=d["index"])
         txn.put(block.hash, block.raw, db=d["blocks"])
         txn.put(_U64.pack(entry.height) + block.hash, b"", db=d["side"])
+        self._note_best_header(txn, block.hash, entry)
 
     def _store_invalid(self, txn: lmdb.Transaction, block: Block, bad_hash: bytes) -> None:
         """Remember that `bad_hash` (in `block`'s branch) is invalid, and so is `block`."""
@@ -583,6 +584,131 @@ class Store:
             if loc is not None and loc[:32] == block.hash:
                 txn.delete(tx.id, db=d["txindex"])
         return digest_undo(digest, previous, {a: acc for a, acc in current.items() if acc is not None})
+
+    # --- headers-first sync --------------------------------------------------------------
+
+    def add_headers(self, headers: list[Header], now_ms: int) -> Header | None:
+        """Validate and store headers (without their blocks) in one transaction.
+
+        Each header must extend a known header (an earlier one of the list, or one stored).
+        Returns the last header stored or already known; raises ChainError at the first
+        invalid one, storing nothing of the list.
+        """
+        d = self._dbs
+
+        def body(txn: lmdb.Transaction) -> Header | None:
+            last = None
+            for header in headers:
+                raw = txn.get(header.hash, db=d["index"])
+                if raw is not None:
+                    if _decode_index(raw).invalid:
+                        raise ChainError(Code.INVALID_ANCESTOR, f"header {header.hash.hex()[:16]} is known invalid")
+                    last = header
+                    continue
+                parent_raw = txn.get(header.prev_hash, db=d["index"])
+                if parent_raw is None:
+                    raise ChainError(Code.UNKNOWN_PARENT, f"header {header.hash.hex()[:16]} does not connect")
+                parent = _decode_index(parent_raw)
+                if parent.invalid:
+                    raise ChainError(Code.INVALID_ANCESTOR, f"header {header.hash.hex()[:16]} extends an invalid one")
+                ctx = self._header_context(txn, header.prev_hash)
+                check_header_context(self.engine, header, ctx, now_ms)
+                entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), 0)
+                txn.put(header.hash, header.raw, db=d["headers"])
+                txn.put(header.hash, _encode_index(entry), db=d["index"])
+                self._note_best_header(txn, header.hash, entry)
+                last = header
+            return last
+
+        return self._write(body)
+
+    def _note_best_header(self, txn: lmdb.Transaction, block_hash: bytes, entry: IndexEntry) -> None:
+        best = txn.get(b"best_header", db=self._dbs["meta"])
+        if best is not None:
+            raw = txn.get(best, db=self._dbs["index"])
+            if raw is not None and not better_tip(entry.weight, _decode_index(raw).weight):
+                return
+        txn.put(b"best_header", block_hash, db=self._dbs["meta"])
+
+    def best_header(self) -> tuple[bytes, IndexEntry]:
+        """The heaviest valid header known, with or without its block (at least the tip)."""
+        tip = self.tip()
+        with self._read() as txn:
+            best = txn.get(b"best_header", db=self._dbs["meta"])
+            raw = txn.get(best, db=self._dbs["index"]) if best else None
+        entry = _decode_index(raw) if raw else None
+        if entry is None or entry.invalid or not better_tip(entry.weight, tip.weight):
+            return tip.hash, IndexEntry(tip.height, tip.weight, HAVE_BLOCK)
+        return best, entry
+
+    def missing_blocks(self, target: bytes, limit: int) -> list[bytes]:
+        """Hashes of the blocks still missing on the way to header `target`, oldest first."""
+        d = self._dbs
+        missing: list[bytes] = []
+        with self._read() as txn:
+            cursor = target
+            while True:
+                raw = txn.get(cursor, db=d["index"])
+                if raw is None:
+                    break
+                entry = _decode_index(raw)
+                if entry.has_block or entry.invalid:
+                    break
+                missing.append(cursor)
+                cursor = decode_header(txn.get(cursor, db=d["headers"])).prev_hash
+        missing.reverse()
+        return missing[:limit]
+
+    def headers_after(self, locator: list[bytes], stop_hash: bytes, limit: int) -> list[bytes]:
+        """Main-chain headers after the first locator hash we share (Bitcoin's getheaders)."""
+        d = self._dbs
+        with self._read() as txn:
+            start = 0
+            for block_hash in locator:
+                raw = txn.get(block_hash, db=d["index"])
+                if raw is None:
+                    continue
+                height = _decode_index(raw).height
+                if txn.get(_U64.pack(height), db=d["main"]) == block_hash:
+                    start = height + 1
+                    break
+            out = []
+            for height in range(start, start + limit):
+                block_hash = txn.get(_U64.pack(height), db=d["main"])
+                if block_hash is None:
+                    break
+                out.append(txn.get(block_hash, db=d["headers"]))
+                if block_hash == stop_hash:
+                    break
+            return out
+
+    # --- peer book and bans ----------------------------------------------------------------
+
+    def save_peers(self, entries: dict[bytes, bytes]) -> None:
+        """Write peer records (node id -> encoded record; empty bytes deletes)."""
+        db = self._dbs["peers"]
+
+        def body(txn: lmdb.Transaction) -> None:
+            for node_id, record in entries.items():
+                if record:
+                    txn.put(node_id, record, db=db)
+                else:
+                    txn.delete(node_id, db=db)
+
+        self._write(body)
+
+    def load_peers(self) -> dict[bytes, bytes]:
+        with self._read() as txn:
+            return dict(txn.cursor(db=self._dbs["peers"]))
+
+    def save_ban(self, node_id: bytes, until_ms: int) -> None:
+        packed = _U64.pack(until_ms)
+        self._write(lambda txn: txn.put(node_id, packed, db=self._dbs["bans"]) if until_ms else
+                    txn.delete(node_id, db=self._dbs["bans"]))
+
+    def load_bans(self) -> dict[bytes, int]:
+        with self._read() as txn:
+            return {k: _U64.unpack(v)[0] for k, v in txn.cursor(db=self._dbs["bans"])}
 
     def prune_side_branches(self) -> int:
         """Forget side-branch blocks deeper than the reorg limit: they can never win."""
