@@ -46,6 +46,8 @@ def asert_next(parent_difficulty: int, solvetime_ms: int, interval_ms: int, half
                min_difficulty: int) -> int:
     exponent = ((interval_ms - solvetime_ms) * 65536) // (interval_ms * half_life_blocks)
     shifts, frac = exponent >> 16, exponent & 0xFFFF
+    if shifts >= 63:  # at least parent * 2**63: clamped to MAX_DIFFICULTY below in any case,
+        return MAX_DIFFICULTY  # without first building an integer of `shifts` bits
     value = parent_difficulty * _pow2_fixed16(frac)
     value = value << shifts if shifts >= 0 else value >> -shifts
     value >>= 16
