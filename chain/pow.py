@@ -60,7 +60,11 @@ class ProofOfWork:
 
     def next_difficulty(self, ctx: HeaderContext) -> int:
         p = self.params
-        if ctx.grandparent is None:  # the first blocks start from the genesis difficulty
+        # Blocks 1 and 2 start from the genesis difficulty. The genesis timestamp is the one
+        # written in the genesis spec, not a mined time: a network launched a day after its
+        # spec would otherwise see a day-long solvetime at block 2. Callers may pass genesis
+        # as the grandparent or None (storage does); both give the same answer.
+        if ctx.grandparent is None or ctx.grandparent.height == 0:
             return p.initial_difficulty
         solvetime = ctx.parent.timestamp_ms - ctx.grandparent.timestamp_ms
         return asert_next(ctx.parent.difficulty, solvetime, p.block_interval_ms, p.difficulty_half_life,
