@@ -50,7 +50,11 @@ def asert_next(parent_difficulty: int, solvetime_ms: int, interval_ms: int, half
         return MAX_DIFFICULTY  # without first building an integer of `shifts` bits
     value = parent_difficulty * _pow2_fixed16(frac)
     value = value << shifts if shifts >= 0 else value >> -shifts
-    value >>= 16
+    # Round away from the parent: up when the exponent raises the difficulty, down when it
+    # lowers it. A floor in both directions swallowed every rise smaller than 1, so with a
+    # half-life of 6 blocks a difficulty below about 9 could never rise again, and a network
+    # whose difficulty fell to min_difficulty during a stall stayed there for good.
+    value = -(-value >> 16) if exponent > 0 else value >> 16
     return max(min_difficulty, min(MAX_DIFFICULTY, value))
 
 
