@@ -49,26 +49,28 @@ class ConsensusEngine(Protocol):
 
 
 def check_header_context(engine: ConsensusEngine, header: Header, ctx: HeaderContext, now_ms: int) -> None:
-    """Rules of a header against its parent and the clock: height, time, difficulty, proof.
+    """Rules of a header against its parent and the clock: height, difficulty, proof, time.
 
     `now_ms` is network-adjusted time. A header too far in the future is refused with a
-    code that does not penalise the sender, since it is our clock that may be behind.
+    code that does not penalise the sender, since it is our clock that may be behind. That
+    rule comes last: a header must show its work before "maybe later" can excuse it,
+    otherwise junk headers stamped in the future would cost their sender nothing.
     """
     parent = ctx.parent
     if header.prev_hash != parent.hash:
         raise ChainError(Code.UNKNOWN_PARENT, "header does not extend the given parent")
     if header.height != parent.height + 1:
         raise ChainError(Code.BAD_HEIGHT, f"height {header.height} after parent at {parent.height}")
+    expected = engine.next_difficulty(ctx)
+    if header.difficulty != expected:
+        raise ChainError(Code.BAD_DIFFICULTY, f"difficulty {header.difficulty}, expected {expected}")
+    engine.check_proof(header, ctx)
     if header.timestamp_ms <= ctx.median_time_past:
         raise ChainError(Code.TIME_TOO_OLD, "timestamp not after the median time of the last blocks")
     if header.timestamp_ms > now_ms + engine.params.max_future_ms:
         raise ChainError(
             Code.TIME_TOO_NEW, f"timestamp {header.timestamp_ms - now_ms} ms ahead of network time"
         )
-    expected = engine.next_difficulty(ctx)
-    if header.difficulty != expected:
-        raise ChainError(Code.BAD_DIFFICULTY, f"difficulty {header.difficulty}, expected {expected}")
-    engine.check_proof(header, ctx)
 
 
 def better_tip(candidate_weight: int, current_weight: int) -> bool:
