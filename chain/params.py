@@ -53,6 +53,8 @@ def check_params(p: ChainParams) -> None:
     def bad(message: str) -> ChainError:
         return ChainError(Code.BAD_GENESIS, message)
 
+    if not isinstance(p.name, str):
+        raise bad(f"name must be a string of 1 to 64 bytes, got {p.name!r}")
     if not p.name or len(p.name.encode()) > 64:
         raise bad("name must be 1 to 64 bytes")
     if p.consensus not in (POW, POS):
@@ -77,19 +79,24 @@ def check_params(p: ChainParams) -> None:
     if p.initial_difficulty < p.min_difficulty:
         raise bad("initial_difficulty is below min_difficulty")
     for label, entries in (("allocations", p.allocations), ("stakes", p.stakes)):
+        if not isinstance(entries, (tuple, list)):
+            raise bad(f"{label}: expected a sequence of (address, amount) pairs, got {type(entries).__name__}")
         seen = set()
-        for address, amount in entries:
-            if len(address) != ADDRESS_SIZE or address == ZERO_ADDRESS:
+        for entry in entries:
+            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                raise bad(f"{label}: {entry!r} is not an (address, amount) pair")
+            address, amount = entry
+            if not isinstance(address, bytes) or len(address) != ADDRESS_SIZE or address == ZERO_ADDRESS:
                 raise bad(f"{label}: invalid address")
             if address in seen:
                 raise bad(f"{label}: address listed twice")
             seen.add(address)
-            if not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+            if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= MAX_AMOUNT:
                 raise bad(f"{label}: amount {amount!r} out of range")
     if sum(a for _, a in p.allocations) + sum(s for _, s in p.stakes) > MAX_AMOUNT:
         raise bad("allocations exceed the maximum supply")
     if p.consensus == POS and not p.stakes:
-        raise bad("a Proof of Stake network needs at least one genesis stake")
+        raise bad("stakes: a Proof of Stake network needs at least one genesis stake")
 
 
 def encode_params(p: ChainParams) -> bytes:
