@@ -1,0 +1,3 @@
+"""Black-box tests of real node processes; the `nodes` fixture comes from tests/nodes.py."""
+
+from tests.nodes import nodes  # noqa: F401 - registers the fixture for this directory

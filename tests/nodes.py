@@ -1,0 +1,510 @@
+"""Real node processes for black-box tests: the node exactly as a user runs it.
+
+    def test_something(nodes):                    # the fixture (tests/e2e/conftest.py)
+        node = nodes.start_node()                 # init + run + wait for GET /status
+        wait_until(lambda: node.height() >= 3, 20)
+        node.cli("wallet", "balance")             # `python -m peerledger wallet balance --config ...`
+        node.stop()                               # SIGTERM; asserts exit 0 within 5 s, nothing left behind
+
+`Network` owns one temporary directory and one genesis spec (PoW, blocks every ~0.5 s, the
+test keys of `FUNDED` holding `ALLOCATION` units each) shared by every node it makes, so
+that N nodes of one network are N calls to `add_node`. Every node gets its own directory,
+TOML file (test defaults, see `NODE_DEFAULTS`, with any dict merged over them), free
+loopback ports, and a log file holding the process's stdout and stderr.
+
+Each node process runs in its own session (and so its own process group): its mining and
+validation workers stay in that group, `kill()` reaches them all, and "nothing left behind"
+is checked by scanning /proc for live processes of that session. `Network.cleanup()`, run
+by the fixture at teardown whatever the test did, kills every group still alive and fails
+the test if any process outlives it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chain.keys import SigningKey, address_to_text
+from peerledger.client import ApiClient, ApiClientError
+from tests.chainbuilder import key
+from tests.helpers import wait_until
+
+PYTHON = sys.executable
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0  # init + interpreter start + store open; generous for a loaded CI box
+STOP_TIMEOUT_S = 5.0  # what DESIGN promises a user for SIGINT/SIGTERM
+CLI_TIMEOUT_S = 60.0
+
+# Test wallets funded at genesis: key(0) .. key(3) of tests.chainbuilder (fixed seeds).
+FUNDED: tuple[SigningKey, ...] = tuple(key(i) for i in range(4))
+ALLOCATION = 1_000_000_000_000  # units each (10,000 coins)
+
+# A network that mines a block about every half second with one worker: at ~1.3-1.9 M
+# hashes/s a worker finds a block of difficulty 400 k in ~0.2-0.3 s, and ASERT settles the
+# rate on block_interval_ms within a few blocks.
+GENESIS_DEFAULTS: dict[str, Any] = {
+    "name": "peerledger-e2e",
+    "consensus": "pow",
+    "genesis_time_ms": 1_767_225_600_000,
+    "block_interval_ms": 500,
+    "initial_difficulty": 400_000,
+    "block_reward": 5_000_000_000,
+    "max_block_bytes": 1_000_000,
+    "max_block_txs": 5000,
+}
+
+# Test defaults for every node; tests merge their own dict over these ("listen" and
+# "[api] listen" get free ports unless the test sets them).
+NODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "node": {"data_dir": "data", "log_level": "INFO"},
+    "network": {"enabled": False},
+    "storage": {"map_size_mb": 16},
+    "producer": {"enabled": True, "workers": 1, "chunk_nonces": 20_000},
+    "validation": {"workers": 0},
+    "api": {"enabled": True},
+}
+
+
+# --------------------------------------------------------------------------- small tools
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (bound together to port 0)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with `override` merged into it, table by table."""
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """TOML for the small documents tests write: top-level values, tables, arrays of tables."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (str, Path)):
+            return json.dumps(str(v))
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+    top, tables, arrays = [], [], []
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            tables.append(f"\n[{k}]\n" + "".join(f"{kk} = {value(vv)}\n" for kk, vv in v.items()))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v):
+            for entry in v:
+                arrays.append(f"\n[[{k}]]\n" + "".join(f"{kk} = {value(vv)}\n" for kk, vv in entry.items()))
+        else:
+            top.append(f"{k} = {value(v)}\n")
+    return "".join(top) + "".join(tables) + "".join(arrays)
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """Live (not zombie) processes of session `sid`, as (pid, command name), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses.
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, session = fields[0], int(fields[3])
+        if session == sid and state not in ("Z", "X"):
+            found.append((int(entry), comm))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is `pid`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            out.append(int(entry))
+    return out
+
+
+def peerledger(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+               timeout: float = CLI_TIMEOUT_S, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m peerledger ARGS` as a user would; answers the completed process (never raises on status)."""
+    full_env = dict(os.environ)
+    full_env.pop("PEERLEDGER_CONFIG", None)
+    full_env.pop("PEERLEDGER_PASSPHRASE", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [PYTHON, "-m", "peerledger", *args],
+        cwd=cwd,
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+
+
+# --------------------------------------------------------------------------- the node
+
+
+class NodeExited(AssertionError):
+    """The node process ended when it should be running; the message carries its log."""
+
+
+class NodeProcess:
+    """One node: its directory, TOML file, data directory and (when started) its process."""
+
+    def __init__(self, network: Network, name: str, config: Mapping[str, Any] | None = None) -> None:
+        self.network = network
+        self.name = name
+        self.dir = network.root / name
+        self.dir.mkdir(parents=True)
+        self.config_path = self.dir / "node.toml"
+        self.log_path = self.dir / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._log_file = None
+        listen_port, api_port = free_ports(2)
+        defaults = merge(
+            NODE_DEFAULTS,
+            {
+                "node": {"name": name, "genesis": str(network.genesis_path)},
+                "network": {"listen": f"127.0.0.1:{listen_port}"},
+                "api": {"listen": f"127.0.0.1:{api_port}"},
+            },
+        )
+        self.config: dict[str, Any] = merge(defaults, config or {})
+        self.write_config()
+
+    # --- files ---------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        self.config_path.write_text(toml_text(self.config))
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.dir / self.config["node"]["data_dir"]).resolve()
+
+    @property
+    def api_address(self) -> tuple[str, int]:
+        host, _, port = self.config["api"]["listen"].rpartition(":")
+        return host, int(port)
+
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(*self.api_address)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wallet_address(self, name: str = "default") -> str:
+        return (self.data_dir / "wallets" / f"{name}.address").read_text().strip()
+
+    # --- the command line ------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True, timeout: float = CLI_TIMEOUT_S,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`python -m peerledger ARGS --config <this node's file>`; with `check`, fail unless status 0."""
+        result = peerledger(*args, "--config", str(self.config_path), cwd=self.dir, env=env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"`peerledger {' '.join(args)}` exited with {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def init(self) -> subprocess.CompletedProcess[str]:
+        return self.cli("init")
+
+    # --- the process -----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was never started"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start `python -m peerledger run` without waiting for it (see `start`)."""
+        assert not self.running, f"{self.name} is already running (pid {self.pid})"
+        self._close_log()
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the process ends
+        self.starts += 1
+        self._log_file.write(f"----- start {self.starts} -----\n".encode())
+        self._log_file.flush()
+        env = dict(os.environ)
+        env.pop("PEERLEDGER_CONFIG", None)
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "peerledger", "run", "--config", str(self.config_path)],
+            cwd=self.dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session and process group: its workers stay with it
+        )
+        self.network.track(self)
+        return self.proc
+
+    def start(self, *, timeout: float = START_TIMEOUT_S) -> NodeProcess:
+        """Start the node and wait (bounded) until GET /status answers."""
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            self.assert_running()
+            try:
+                return self.client.status()
+            except ApiClientError:
+                return None
+
+        return wait_until(ready, timeout, interval=0.05, message=f"{self.name}'s API at {self.api_address}")
+
+    def assert_running(self) -> None:
+        if not self.running:
+            code = None if self.proc is None else self.proc.returncode
+            raise NodeExited(f"{self.name} is not running (exit status {code})\n{self.describe()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Send `sig` to the node alone, as a service manager does; assert it exits within
+        `timeout` seconds, leaving no process behind, and answer its exit status.
+
+        A node that does not stop in time is killed (with its workers) and the test fails.
+        """
+        assert self.running, f"{self.name} is not running\n{self.describe()}"
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise AssertionError(
+                f"{self.name} did not stop within {timeout:g} s of {signal.Signals(sig).name}; killed\n{self.describe()}"
+            ) from None
+        elapsed = time.monotonic() - started
+        self._close_log()
+        self.assert_nothing_left(timeout=max(0.5, timeout - elapsed))
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the node process alone (a crash); its workers must go away by themselves."""
+        assert self.running, f"{self.name} is not running\n{self.describe()}"
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+        self._close_log()
+
+    def kill_group(self) -> None:
+        """SIGKILL every process of the node's session (the node and all its workers)."""
+        if self.proc is None:
+            return
+        for pid, _ in session_processes(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self._close_log()
+
+    def restart(self, *, timeout: float = START_TIMEOUT_S) -> NodeProcess:
+        if self.running:
+            self.stop()
+        return self.start(timeout=timeout)
+
+    def leftovers(self) -> list[tuple[int, str]]:
+        """Live processes of this node's session other than a still-running node itself."""
+        if self.proc is None:
+            return []
+        own = self.proc.pid if self.running else None
+        return [(pid, comm) for pid, comm in session_processes(self.proc.pid) if pid != own]
+
+    def assert_nothing_left(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Wait (bounded) until no process of the node's session is alive."""
+        wait_until(lambda: not self.leftovers(), timeout, interval=0.05,
+                   message=f"{self.name}'s processes to end: {self.leftovers()}")
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # --- asking the running node ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
+
+    def height(self) -> int:
+        return self.client.status()["height"]
+
+    def wait_for_height(self, height: int, timeout: float = 30.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            self.assert_running()
+            status = self.client.status()
+            return status if status["height"] >= height else None
+
+        return wait_until(reached, timeout, interval=0.05, message=f"{self.name} to reach height {height}")
+
+    def describe(self, tail: int = 60) -> str:
+        lines = self.log_text().splitlines()
+        shown = "\n".join(lines[-tail:])
+        return f"--- {self.name}: last {min(tail, len(lines))} lines of {self.log_path} ---\n{shown}"
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class Network:
+    """A temporary directory, one genesis spec and the nodes that share it."""
+
+    def __init__(self, root: Path, genesis: Mapping[str, Any] | None = None,
+                 allocations: Mapping[str, int] | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.genesis_path = root / "genesis.toml"
+        self.genesis: dict[str, Any] = merge(GENESIS_DEFAULTS, genesis or {})
+        self.allocations: dict[str, int] = {address_to_text(k.address): ALLOCATION for k in FUNDED}
+        self.allocations.update(allocations or {})
+        self.nodes: list[NodeProcess] = []
+        self._started: list[NodeProcess] = []
+        self.write_genesis()
+
+    def write_genesis(self) -> None:
+        """(Re)write the genesis file; do it before any node is initialised, or its store won't open."""
+        spec = dict(self.genesis)
+        spec["allocations"] = [{"address": a, "amount": n} for a, n in self.allocations.items()]
+        self.genesis_path.write_text(toml_text(spec))
+
+    def add_node(self, config: Mapping[str, Any] | None = None, name: str | None = None) -> NodeProcess:
+        node = NodeProcess(self, name or f"node{len(self.nodes)}", config)
+        self.nodes.append(node)
+        return node
+
+    def start_node(self, config: Mapping[str, Any] | None = None, name: str | None = None) -> NodeProcess:
+        """add_node, `peerledger init`, start and wait for its API."""
+        node = self.add_node(config, name)
+        node.init()
+        return node.start()
+
+    def start_nodes(self, count: int, config: Mapping[str, Any] | None = None) -> list[NodeProcess]:
+        added = [self.add_node(config) for _ in range(count)]
+        for node in added:
+            node.init()
+            node.spawn()
+        for node in added:
+            node.wait_ready()
+        return added
+
+    def track(self, node: NodeProcess) -> None:
+        if node not in self._started:
+            self._started.append(node)
+        _LIVE.add(self)
+
+    def __iter__(self) -> Iterator[NodeProcess]:
+        return iter(self.nodes)
+
+    def cleanup(self) -> list[str]:
+        """Kill every node process still alive; answers what outlived its node.
+
+        A node still running is simply killed (tests need not stop what they start). A node
+        that had ended but whose workers had not (within STOP_TIMEOUT_S), or any process
+        that survives SIGKILL, is a problem reported to the caller.
+        """
+        problems = []
+        for node in self._started:
+            if not node.running:
+                try:
+                    node.assert_nothing_left(timeout=STOP_TIMEOUT_S)
+                except AssertionError as e:
+                    problems.append(str(e))
+            node.kill_group()
+        for node in self._started:
+            try:
+                node.assert_nothing_left(timeout=STOP_TIMEOUT_S)
+            except AssertionError as e:
+                problems.append(f"after SIGKILL: {e}")
+        _LIVE.discard(self)
+        return problems
+
+
+_LIVE: set[Network] = set()
+
+
+@atexit.register
+def _kill_everything() -> None:  # last resort if pytest itself is interrupted
+    for network in list(_LIVE):
+        for node in network._started:
+            node.kill_group()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Network]:
+    """A Network in tmp_path. At teardown, whatever the test did, every node process is
+    killed; the test fails if any process outlived its node or survived SIGKILL. The tail
+    of every node's log is printed (pytest shows it when the test failed)."""
+    network = Network(tmp_path / "net")
+    try:
+        yield network
+    finally:
+        problems = network.cleanup()
+        for node in network._started:
+            print(node.describe())
+    if problems:
+        pytest.fail("node processes outlived the test:\n" + "\n".join(problems))
