@@ -95,6 +95,7 @@ class Tip:
     weight: int
     timestamp_ms: int
     state_hash: str
+    tx_count: int = 0  # transactions on the main chain up to this tip
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +278,13 @@ class Store:
                 raise StoreCorrupt(f"the store in {self.path} is damaged: the tip is not on the main chain index")
             if not txn.get(tip_hash, db=d["blocks"]):
                 raise StoreCorrupt(f"the store in {self.path} is damaged: the tip block is missing")
+            tx_count = txn.get(b"txcount", db=d["meta"])
         header = decode_header(raw_header)
         self._digest = int.from_bytes(digest, "big")
-        self._tip = Tip(tip_hash, entry.height, entry.weight, header.timestamp_ms, state_hash_hex(self._digest))
+        self._tip = Tip(
+            tip_hash, entry.height, entry.weight, header.timestamp_ms, state_hash_hex(self._digest),
+            _U64.unpack(tx_count)[0] if tx_count else 0,
+        )
 
     # --- transactions ------------------------------------------------------------------
 
@@ -459,7 +464,7 @@ class Store:
         try:
             result, digest = self._write(lambda txn: self._switch_to(txn, block, entry))
         except _BranchInvalid as bad:
-            self._write(lambda txn: self._store_invalid(txn, block, bad.block_hash))
+            self._write(lambda txn: self._store_invalid(txn, block, bad.block_hash, bad.descendants))
             raise bad.error from None
         # Committed: only now does the in-memory view move.
         self._digest = digest
@@ -474,18 +479,23 @@ class Store:
         txn.put(_U64.pack(entry.height) + block.hash, b"", db=d["side"])
         self._note_best_header(txn, block.hash, entry)
 
-    def _store_invalid(self, txn: lmdb.Transaction, block: Block, bad_hash: bytes) -> None:
-        """Remember that `bad_hash` (in `block`'s branch) is invalid, and so is `block`."""
+    def _store_invalid(
+        self, txn: lmdb.Transaction, block: Block, bad_hash: bytes, descendants: tuple[bytes, ...] = ()
+    ) -> None:
+        """Remember that `bad_hash` (in `block`'s branch) is invalid, and so are `block` and the
+        stored `descendants` of `bad_hash` on the way to it: each is refused from now on."""
         d = self._dbs
         txn.put(block.hash, block.header.raw, db=d["headers"])
         txn.put(block.hash, _encode_index(IndexEntry(block.height, 0, INVALID)), db=d["index"])
-        if bad_hash != block.hash:
-            raw = txn.get(bad_hash, db=d["index"])
+        for doomed in (bad_hash, *descendants):
+            if doomed == block.hash:
+                continue
+            raw = txn.get(doomed, db=d["index"])
             if raw is not None:
                 old = _decode_index(raw)
-                txn.put(bad_hash, _encode_index(IndexEntry(old.height, old.weight, INVALID)), db=d["index"])
-                txn.delete(bad_hash, db=d["blocks"])
-                txn.delete(_U64.pack(old.height) + bad_hash, db=d["side"])
+                txn.put(doomed, _encode_index(IndexEntry(old.height, old.weight, INVALID)), db=d["index"])
+                txn.delete(doomed, db=d["blocks"])
+                txn.delete(_U64.pack(old.height) + doomed, db=d["side"])
 
     def _mark_invalid(self, header: Header) -> None:
         def body(txn: lmdb.Transaction) -> None:
@@ -505,7 +515,9 @@ class Store:
         while txn.get(_U64.pack(cursor_height), db=d["main"]) != cursor_hash:
             if _decode_index(txn.get(cursor_hash, db=d["index"])).invalid:
                 raise _BranchInvalid(
-                    cursor_hash, ChainError(Code.INVALID_ANCESTOR, "block descends from an invalid block")
+                    cursor_hash,
+                    ChainError(Code.INVALID_ANCESTOR, "block descends from an invalid block"),
+                    tuple(branch[1:]),
                 )
             branch.append(cursor_hash)
             cursor_hash = decode_header(txn.get(cursor_hash, db=d["headers"])).prev_hash
@@ -526,16 +538,21 @@ class Store:
             digest = self._disconnect(txn, old_block, digest)
             disconnected.append(old_block)
         connected = []
-        for block_hash in reversed(branch):
+        order = branch[::-1]
+        for position, block_hash in enumerate(order):
             new_block = block if block_hash == block.hash else decode_block(txn.get(block_hash, db=d["blocks"]))
             try:
                 digest = self._connect(txn, new_block, digest)
             except ChainError as e:
-                raise _BranchInvalid(block_hash, e) from None
+                raise _BranchInvalid(block_hash, e, tuple(order[position + 1 : -1])) from None
             connected.append(new_block)
+        tx_count = tip.tx_count + sum(len(b.txs) for b in connected) - sum(len(b.txs) for b in disconnected)
         txn.put(b"tip", block.hash, db=d["meta"])
         txn.put(b"digest", digest.to_bytes(32, "big"), db=d["meta"])
-        new_tip = Tip(block.hash, block.height, entry.weight, block.header.timestamp_ms, state_hash_hex(digest))
+        txn.put(b"txcount", _U64.pack(tx_count), db=d["meta"])
+        new_tip = Tip(
+            block.hash, block.height, entry.weight, block.header.timestamp_ms, state_hash_hex(digest), tx_count
+        )
         status = "connected" if not disconnected else "reorganized"
         if disconnected:
             log.info(
@@ -735,9 +752,13 @@ class Store:
 
 
 class _BranchInvalid(Exception):
-    def __init__(self, block_hash: bytes, error: ChainError) -> None:
+    """Block `block_hash` broke a rule; `descendants` are the stored blocks between it and the
+    block being added, which are invalid with it."""
+
+    def __init__(self, block_hash: bytes, error: ChainError, descendants: tuple[bytes, ...] = ()) -> None:
         self.block_hash = block_hash
         self.error = error
+        self.descendants = descendants
 
 
 def _is_disk_full(error: lmdb.Error) -> bool:
