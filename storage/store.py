@@ -728,7 +728,11 @@ class Store:
             return {k: _U64.unpack(v)[0] for k, v in txn.cursor(db=self._dbs["bans"])}
 
     def prune_side_branches(self) -> int:
-        """Forget side-branch blocks deeper than the reorg limit: they can never win."""
+        """Forget side-branch blocks deeper than the reorg limit: they can never win.
+
+        A branch dies at its root: blocks above the limit whose ancestors are forgotten go
+        too, or a child of them would find its ancestry (header context, fork point) missing.
+        """
         limit = self.tip().height - self.params.max_reorg_depth
         if limit <= 0:
             return 0
@@ -736,11 +740,16 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> int:
             doomed = []
+            forgotten: set[bytes] = set()
             with txn.cursor(db=d["side"]) as cursor:
-                for key, _ in cursor:
+                for key, _ in cursor:  # in height order: parents before their children
+                    block_hash = key[8:]
                     if _U64.unpack_from(key)[0] >= limit:
-                        break
+                        raw = txn.get(block_hash, db=d["headers"])
+                        if raw is None or decode_header(raw).prev_hash not in forgotten:
+                            continue
                     doomed.append(key)
+                    forgotten.add(block_hash)
             for key in doomed:
                 block_hash = key[8:]
                 txn.delete(key, db=d["side"])
