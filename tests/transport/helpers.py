@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -75,11 +77,15 @@ class EventLog:
 class RawPeer:
     """A bare zmq CURVE DEALER that speaks whatever bytes a test gives it (a hostile peer)."""
 
-    def __init__(self, server_key: bytes, port: int, *, keypair=None, routing_id: bytes | None = None) -> None:
+    def __init__(
+        self, server_key: bytes, port: int, *, keypair=None, routing_id: bytes | None = None, rcvhwm: int = 1000
+    ) -> None:
         self.public, self.secret = keypair or generate_node_keypair()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        self.sock.rcvhwm = rcvhwm
+        self.sock.rcvbuf = 64 * 1024 if rcvhwm < 10 else -1  # a slow reader: small kernel buffer too
         self.sock.curve_publickey = self.public
         self.sock.curve_secretkey = self.secret
         self.sock.curve_serverkey = server_key
@@ -113,3 +119,61 @@ class RawPeer:
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
         self.ctx.term()
+
+
+class StallingProxy:
+    """A TCP relay on loopback that can stop relaying while keeping its connections open.
+
+    A stalled relay is a link that neither closes nor carries anything (a Wi-Fi drop, a
+    frozen router): only heartbeats can tell it is dead.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self._closed = threading.Event()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.listener, selectors.EVENT_READ)
+        self._sockets: list[socket.socket] = [self.listener]
+        self._thread = threading.Thread(target=self._run, name="stalling-proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            for key, _ in self._selector.select(0.05):
+                sock = key.fileobj
+                if sock is self.listener:
+                    client, _ = self.listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                    upstream.settimeout(2)
+                    client.settimeout(2)
+                    self._sockets += [client, upstream]
+                    self._selector.register(client, selectors.EVENT_READ, upstream)
+                    self._selector.register(upstream, selectors.EVENT_READ, client)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    for s in (sock, key.data):
+                        try:
+                            self._selector.unregister(s)
+                        except (KeyError, ValueError):
+                            pass
+                        s.close()
+                elif not self.stalled.is_set():
+                    try:
+                        key.data.sendall(data)
+                    except OSError:
+                        pass
+                # stalled: bytes are read and thrown away, and the connection stays open
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2.0)
+        self._selector.close()
+        for sock in self._sockets:
+            sock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -9,7 +10,7 @@ import pytest
 import zmq
 
 from tests.transport.conftest import MAGIC
-from tests.transport.helpers import RawPeer, wait_until
+from tests.transport.helpers import RawPeer, StallingProxy, wait_until
 from transport.events import AuthRefused, LinkDown, LinkUp, Received, Rejected
 from transport.keys import generate_node_keypair
 from transport.loop import Transport, TransportError
@@ -125,6 +126,91 @@ def test_inbound_link_down_when_the_dialler_goes_away(make_node):
     assert down.reason == "disconnected"
     assert b.transport.send(a.public, Ping(2))
     wait_until(lambda: b.transport.stats().drops.get("no_route") == 1, what="send to a gone peer to drop")
+
+
+def test_a_stalled_link_is_found_dead_by_heartbeats_and_comes_back(make_node):
+    a, b = make_node(), make_node()
+    proxy = StallingProxy(b.port)
+    try:
+        assert a.transport.dial(b.public, "127.0.0.1", proxy.port)
+        a.log.link_up(b.public, outbound=True)
+        a.transport.send(b.public, Ping(1))
+        b.log.received(a.public, Ping(1))
+
+        proxy.stalled.set()  # TCP stays open, nothing gets through
+        started = time.monotonic()
+        assert a.log.link_down(b.public, outbound=True).reason == "disconnected"
+        assert time.monotonic() - started < 3.0  # heartbeat timeout is 1 s in these tests
+        b.log.link_down(a.public, outbound=False)  # B's heartbeats give up on A too
+
+        mark = len(a.log.snapshot())
+        proxy.stalled.clear()
+        a.log.link_up(b.public, outbound=True, after=mark)
+        a.transport.send(b.public, Ping(2))
+        b.log.received(a.public, Ping(2))
+    finally:
+        proxy.close()
+
+
+def test_a_peer_that_does_not_read_costs_drops_not_a_stall(make_node):
+    a, b = linked_pair(make_node, sndhwm=4)
+    a.transport.send(b.public, Ping(0))  # gives B its route back to A
+    b.log.link_up(a.public, outbound=False)
+    sloth = RawPeer(b.public, b.port, rcvhwm=1)
+    try:
+        sloth.send(encode_message(MAGIC, Ping(1)))
+        b.log.received(sloth.public, Ping(1))
+        block = Block(b"x" * 256 * 1024)
+        for _ in range(100):  # 25 MiB to a peer that reads nothing
+            assert b.transport.send(sloth.public, block)
+        for i in range(20):  # meanwhile A is served
+            b.transport.send(a.public, Pong(i))
+            a.log.received(b.public, Pong(i))
+        stats = wait_until(
+            lambda: (s := b.transport.stats()).send_queue == 0 and s.messages_out.get("BLOCK", 0) + s.drops.get("hwm", 0) == 100 and s,
+            what="every block to be sent or dropped",
+        )
+        assert stats.drops["hwm"] > 0
+    finally:
+        sloth.close()
+
+
+def test_many_threads_can_send_at_once(make_node):
+    a, b = linked_pair(make_node)
+    per_thread, threads = 200, 4
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            assert a.transport.send(b.public, Ping(t * 1_000_000 + i))
+
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(5.0)
+    wait_until(lambda: len(b.log.of_type(Received)) == per_thread * threads, what="every ping")
+    nonces = [e.message.nonce for e in b.log.of_type(Received)]
+    for t in range(threads):  # each thread's messages arrive in the order it sent them
+        mine = [n for n in nonces if n // 1_000_000 == t]
+        assert mine == sorted(mine) and len(mine) == per_thread
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6(make_node):
+    a, b = make_node(host="::1"), make_node(host="::1")
+    assert a.transport.dial(b.public, "::1", b.port)
+    assert a.log.link_up(b.public, outbound=True).address == f"[::1]:{b.port}"
+    a.transport.send(b.public, Ping(6))
+    b.log.received(a.public, Ping(6))
 
 
 def test_hang_up_closes_the_outbound_link(make_node):
