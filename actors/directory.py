@@ -19,6 +19,7 @@ class ActorDirectory:
     mempool: pykka.ActorRef | None = None
     producer: pykka.ActorRef | None = None
     network: pykka.ActorRef | None = None
+    sync: pykka.ActorRef | None = None
 
     def tell(self, name: str, message: object) -> None:
         """Tell the named actor if it runs in this node (a node without network has none)."""

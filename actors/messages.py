@@ -116,6 +116,109 @@ class MempoolQuery:
     txid: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    """Storage kept a block (on the main chain or a side branch): its children may follow."""
+
+    block_hash: bytes
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDeferred:
+    """Storage could not place a block yet: its parent is missing (UNKNOWN_PARENT) or it
+    is ahead of our clock (TIME_TOO_NEW). Sync keeps it and offers it again later."""
+
+    block: Block
+    origin: Origin
+    error: ChainError
+
+
+@dataclass(frozen=True, slots=True)
+class AddHeaders:
+    headers: tuple  # tuple[Header, ...]
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersStored:
+    origin: Origin
+    count: int  # headers in the request
+    last_hash: bytes | None  # last header stored or known
+    error: ChainError | None
+
+
+@dataclass(frozen=True, slots=True)
+class SavePeers:
+    """Persist address book records (node id -> record, empty to delete) and bans
+    (node id -> banned until, ms). Storage writes them: it is the only writer."""
+
+    records: dict
+    bans: dict
+
+
+# --- network <-> sync ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PeerReady:
+    """A peer finished its handshake (again, after a reconnect)."""
+
+    peer: bytes
+    best_hash: bytes
+    best_height: int
+    best_weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersArrived:
+    peer: bytes
+    raws: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockArrived:
+    peer: bytes
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksAnnounced:
+    peer: bytes
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksNotFound:
+    peer: bytes
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Penalise:
+    """Misbehaviour points against a peer; enough of them and it is banned."""
+
+    peer: bytes
+    points: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropPeer:
+    """Disconnect a peer without banning it (stalled, unresponsive)."""
+
+    peer: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Time to send the batched inventory announcements."""
+
+
 # --- producer -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ChunkDone:

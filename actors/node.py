@@ -23,12 +23,16 @@ from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.mempool import MempoolActor
 from actors.messages import AddTxs, CheckTx, MempoolQuery, Tick
+from actors.network import NetworkActor
 from actors.producer import ProducerActor
 from actors.storage import StorageActor
+from actors.sync import SyncActor
 from actors.validation import ValidationActor
 from chain.errors import ChainError
 from chain.params import ChainParams
 from storage.store import Store
+from transport.keys import key_from_hex
+from transport.loop import Transport
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +42,19 @@ STOP_TIMEOUT_S = 1.5  # per actor; the whole stop stays within 5 s
 
 
 class Node:
-    def __init__(self, settings: Any, params: ChainParams, *, reward_address: bytes) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        params: ChainParams,
+        *,
+        reward_address: bytes,
+        node_keys: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.settings = settings
         self.params = params
         self.reward_address = reward_address
+        self.node_keys = node_keys  # (public, secret) CURVE keys; needed with the network on
+        self.transport: Transport | None = None
         self.refs = ActorDirectory()
         self.store: Store | None = None
         self.clock = NetworkClock(settings.network.max_clock_offset_s * 1000)
@@ -88,6 +101,8 @@ class Node:
                     reward_address=self.reward_address,
                     chunk_nonces=s.producer.chunk_nonces,
                 )
+            if s.network.enabled:
+                self._start_network()
         except BaseException:
             self.stop()
             raise
@@ -100,10 +115,47 @@ class Node:
             "on" if self.refs.producer else "off",
         )
 
+    def _start_network(self) -> None:
+        """Network and sync actors first, then the transport whose events they receive."""
+        net = self.settings.network
+        if self.node_keys is None:
+            raise ValueError("the network needs the node's keys")
+        host, port = _split_listen(net.listen)
+        self.transport = Transport(
+            public_key=self.node_keys[0],
+            secret_key=self.node_keys[1],
+            network_magic=self.params.network_magic,
+            on_event=lambda event: self.refs.tell("network", event),
+            host=host,
+            port=port,
+            allow_list=frozenset(key_from_hex(k) for k in net.allow_list) or None,
+        )
+        self.refs.sync = SyncActor.start(self, self.refs, self.store, self.clock, self.transport)
+        self.refs.network = NetworkActor.start(
+            self, self.refs, self.store, self.clock, self.params, self.transport, net, self._advertise()
+        )
+        self.transport.start()
+        log.info("listening for peers on %s:%d as %s", host, self.transport.bound_port, self.node_keys[0].hex())
+        self.refs.tell("network", Tick(self.clock.now_ms()))
+
+    def _advertise(self) -> str:
+        net = self.settings.network
+        if net.advertise:
+            return net.advertise
+        host, port = _split_listen(net.listen)
+        # A node listening on a concrete address can advertise it; 0.0.0.0 says nothing.
+        if host not in ("0.0.0.0", "::") and port != 0:
+            return net.listen
+        return ""
+
+    @property
+    def listen_port(self) -> int | None:
+        return self.transport.bound_port if self.transport is not None else None
+
     def _tick_loop(self) -> None:
         while not self._stop_requested.wait(TICK_S):
-            tick = Tick(int(time.time() * 1000))
-            for name in ("mempool", "producer"):
+            tick = Tick(self.clock.now_ms())
+            for name in ("mempool", "producer", "network", "sync"):
                 self.refs.tell(name, tick)
 
     def actor_failed(self, name: str, error: BaseException) -> None:
@@ -128,7 +180,9 @@ class Node:
             return
         self._stopped = True
         self._stop_requested.set()
-        for name in ("network", "producer", "validation", "mempool", "storage"):
+        if self.transport is not None:
+            self.transport.stop()  # no more events from peers
+        for name in ("network", "sync", "producer", "validation", "mempool", "storage"):
             ref = getattr(self.refs, name)
             if ref is None:
                 continue
@@ -161,6 +215,16 @@ class Node:
     def pending_tx(self, txid: bytes):  # noqa: ANN201 - Transaction | None
         return self.mempool_info(txid=txid)["tx"]
 
+    def peers(self) -> list[dict]:
+        if self.refs.network is None:
+            return []
+        return self._ask("network", "peers")
+
+    def syncing(self) -> bool:
+        if self.refs.sync is None:
+            return False
+        return self._ask("sync", "syncing")
+
     def producer_stats(self) -> dict | None:
         if self.refs.producer is None:
             return None
@@ -182,3 +246,9 @@ class Node:
             raise TimeoutError(f"the node is stopping ({name} is stopped)") from None
 
 
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    """("host", port) of a listen address the configuration already validated (port 0 allowed)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -12,8 +12,17 @@ import logging
 from actors.base import NodeActor, Supervisor
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
-from actors.messages import AddBlock, BlockRejected, TipChanged
-from chain.errors import ChainError
+from actors.messages import (
+    AddBlock,
+    AddHeaders,
+    BlockDeferred,
+    BlockRejected,
+    BlockStored,
+    HeadersStored,
+    SavePeers,
+    TipChanged,
+)
+from chain.errors import ChainError, Code
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,13 @@ class StorageActor(NodeActor):
         match message:
             case AddBlock(block, origin):
                 return self._add(block, origin)
+            case AddHeaders(headers, origin):
+                self._add_headers(headers, origin)
+            case SavePeers(records, bans):
+                if records:
+                    self.store.save_peers(records)
+                for node_id, until in bans.items():
+                    self.store.save_ban(node_id, until)
             case _:
                 log.warning("storage: unexpected message %r", type(message).__name__)
         return None
@@ -43,10 +59,15 @@ class StorageActor(NodeActor):
         try:
             result = self.store.add_block(block, self.clock.now_ms())
         except ChainError as e:
+            if e.code in (Code.UNKNOWN_PARENT, Code.TIME_TOO_NEW):
+                self.refs.tell("sync", BlockDeferred(block, origin, e))
+                return e.code.text
             level = logging.WARNING if origin is None else logging.INFO
             log.log(level, "block %s at height %d rejected: %s", block.hash.hex()[:16], block.height, e)
             self.refs.tell("network", BlockRejected(block.hash, origin, e))
             return e.code.text
+        if result.status != "duplicate":
+            self.refs.tell("sync", BlockStored(block.hash, result.status))
         if result.status in ("connected", "reorganized"):
             tip = result.tip
             log.info(
@@ -55,7 +76,7 @@ class StorageActor(NodeActor):
                 f" reorg_depth={len(result.disconnected)}" if result.disconnected else "",
             )
             change = TipChanged(tip, result.connected, result.disconnected)
-            for name in ("mempool", "producer", "network"):
+            for name in ("mempool", "producer", "network", "sync"):
                 self.refs.tell(name, change)
             self._since_prune += len(result.connected)
             if self._since_prune >= PRUNE_EVERY:
@@ -64,3 +85,11 @@ class StorageActor(NodeActor):
                 if pruned:
                     log.info("pruned %d side-branch blocks below the reorganisation limit", pruned)
         return result.status
+
+    def _add_headers(self, headers: tuple, origin: bytes | None) -> None:
+        try:
+            last = self.store.add_headers(list(headers), self.clock.now_ms())
+        except ChainError as e:
+            self.refs.tell("sync", HeadersStored(origin, len(headers), None, e))
+            return
+        self.refs.tell("sync", HeadersStored(origin, len(headers), last.hash if last else None, None))

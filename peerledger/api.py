@@ -115,6 +115,7 @@ class Api:
             "tip_time_ms": tip.timestamp_ms,
             "cumulative_weight": str(tip.weight),
             "state_hash": tip.state_hash,
+            "tx_count": tip.tx_count,
             "peers": len(peers),
             "syncing": node.syncing() if hasattr(node, "syncing") else False,
             "mempool_size": mempool["size"],

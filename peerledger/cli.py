@@ -130,8 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, params = _load(args)
     setup_logging(settings.node.log_level, settings.node.name)
-    public, _secret = keyfiles.load_node_key(settings.node.data_dir)
-    node = Node(settings, params, reward_address=_reward_address(settings))
+    public, secret = keyfiles.load_node_key(settings.node.data_dir)
+    node = Node(settings, params, reward_address=_reward_address(settings), node_keys=(public, secret))
 
     def on_signal(signum: int, _frame: Any) -> None:
         node.request_stop(f"received {signal.Signals(signum).name}")

@@ -1,0 +1,374 @@
+"""The sync actor: follows the heaviest chain any peer knows, headers first.
+
+A peer that claims more weight than our best header is asked for headers after our block
+locator (GETHEADERS); storage validates and stores them without their blocks. The blocks
+on the way from our tip to the best header are then fetched in parallel from every peer
+that has them, a bounded number in flight per peer, each request with a timeout: a block
+that does not come is asked of another peer, and a peer that keeps stalling is dropped.
+Blocks that arrive before their parent wait in a bounded orphan pool. Nothing assumes zmq
+delivers everything: every request is retried, every answer de-duplicated by hash.
+
+New blocks announced by inventory at the tip are fetched directly from the announcer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict, deque
+from itertools import islice
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.base import NodeActor, Supervisor
+from actors.clock import NetworkClock
+from actors.directory import ActorDirectory
+from actors.messages import (
+    AddBlock,
+    AddHeaders,
+    BlockArrived,
+    BlockDeferred,
+    BlockReceived,
+    BlocksAnnounced,
+    BlocksNotFound,
+    BlockStored,
+    DropPeer,
+    HeadersArrived,
+    HeadersStored,
+    Penalise,
+    PeerGone,
+    PeerReady,
+    Tick,
+    TipChanged,
+)
+from chain.block import Block, decode_header, decode_header_at
+from chain.errors import Code, DecodeError
+from storage.store import Store
+from transport.messages import MAX_HEADERS, GetData, GetHeaders, InvItem, InvKind
+
+log = logging.getLogger(__name__)
+
+BLOCK_TIMEOUT_MS = 15_000
+HEADERS_TIMEOUT_MS = 15_000
+MAX_IN_FLIGHT_PER_PEER = 16
+MAX_IN_FLIGHT = 128
+MAX_ORPHANS = 512
+MAX_ORPHAN_BYTES = 64 * 1024 * 1024
+STRIKES_TO_DROP = 3
+CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
+MAX_PLAN = 100_000  # blocks planned for download at once
+
+POINTS_UNREQUESTED = 20
+POINTS_MALFORMED = 50
+POINTS_INVALID_HEADERS = 100
+POINTS_DISCONNECTED_HEADERS = 20
+
+
+@dataclass(slots=True)
+class SyncPeer:
+    key: bytes
+    best_hash: bytes
+    best_height: int
+    best_weight: int
+    headers_asked_ms: int = 0  # 0: no GETHEADERS outstanding
+    in_flight: dict[bytes, int] = field(default_factory=dict)  # block hash -> asked at (ms)
+    strikes: int = 0
+
+
+@dataclass(slots=True)
+class Orphan:
+    block: Block
+    origin: bytes | None
+    added_ms: int
+    code: Code
+
+
+class SyncActor(NodeActor):
+    name = "sync"
+
+    def __init__(
+        self, supervisor: Supervisor, refs: ActorDirectory, store: Store, clock: NetworkClock, transport: Any
+    ) -> None:
+        super().__init__(supervisor)
+        self.refs = refs
+        self.store = store
+        self.clock = clock
+        self.transport = transport
+        self.peers: dict[bytes, SyncPeer] = {}
+        self.requested: dict[bytes, bytes] = {}  # block hash -> peer asked
+        self.orphans: OrderedDict[bytes, Orphan] = OrderedDict()
+        self.orphan_bytes = 0
+        self._plan: deque[bytes] = deque()  # blocks to fetch towards the best header, oldest first
+        self._plan_start_height = 0
+        self._plan_target = b""
+        self._last_catchup_ms = 0
+        self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0}
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def on_receive(self, message: object) -> object:
+        now = self.clock.now_ms()
+        match message:
+            case PeerReady(peer, best_hash, best_height, best_weight):
+                self._on_peer_ready(peer, best_hash, best_height, best_weight, now)
+            case PeerGone(peer):
+                self._forget_peer(peer)
+            case HeadersArrived(peer, raws):
+                self._on_headers(peer, raws, now)
+            case HeadersStored(origin, count, last_hash, error):
+                self._on_headers_stored(origin, count, last_hash, error, now)
+            case BlockArrived(peer, raw):
+                self._on_block(peer, raw)
+            case BlocksAnnounced(peer, hashes):
+                self._on_announced(peer, hashes, now)
+            case BlocksNotFound(peer, hashes):
+                self._on_not_found(peer, hashes)
+            case BlockDeferred(block, origin, error):
+                self._on_deferred(block, origin, error.code, now)
+            case BlockStored(block_hash, _status):
+                self._release_children(block_hash)
+            case TipChanged():
+                pass
+            case Tick():
+                self._on_tick(now)
+            case "syncing":
+                return self.syncing()
+            case "stats":
+                return dict(self.stats, orphans=len(self.orphans), in_flight=len(self.requested),
+                            syncing=self.syncing())
+            case _:
+                log.warning("sync: unexpected message %r", type(message).__name__)
+                return None
+        self._schedule(now)
+        return None
+
+    def syncing(self) -> bool:
+        tip = self.store.tip()
+        _, best = self.store.best_header()
+        return best.weight > tip.weight or any(p.best_weight > tip.weight for p in self.peers.values())
+
+    # --- peers -------------------------------------------------------------------------------
+
+    def _on_peer_ready(self, peer: bytes, best_hash: bytes, best_height: int, best_weight: int, now: int) -> None:
+        old = self.peers.get(peer)
+        if old is not None:
+            self._forget_peer(peer)
+        p = self.peers[peer] = SyncPeer(peer, best_hash, best_height, best_weight)
+        _, best = self.store.best_header()
+        if best_weight > best.weight and self.store.index_entry(best_hash) is None:
+            self._ask_headers(p, now)
+
+    def _forget_peer(self, peer: bytes) -> None:
+        p = self.peers.pop(peer, None)
+        if p is None:
+            return
+        for block_hash in p.in_flight:
+            if self.requested.get(block_hash) == peer:
+                del self.requested[block_hash]
+
+    def _ask_headers(self, p: SyncPeer, now: int, start: bytes | None = None) -> None:
+        if p.headers_asked_ms:
+            return
+        locator = self.store.locator()
+        if start is not None:
+            locator = [start, *locator][:64]
+        if self.transport.send(p.key, GetHeaders(tuple(locator))):
+            p.headers_asked_ms = now
+
+    # --- headers -----------------------------------------------------------------------------
+
+    def _on_headers(self, peer: bytes, raws: tuple[bytes, ...], now: int) -> None:
+        p = self.peers.get(peer)
+        if p is None:
+            return
+        if not p.headers_asked_ms:
+            self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent unrequested headers"))
+            return
+        p.headers_asked_ms = 0
+        if not raws:
+            return
+        try:
+            headers = tuple(decode_header(raw) for raw in raws)
+        except DecodeError as e:
+            self.refs.tell("network", Penalise(peer, POINTS_MALFORMED, f"sent a malformed header ({e.message})"))
+            return
+        for previous, header in zip(headers, headers[1:]):
+            if header.prev_hash != previous.hash:
+                self.refs.tell("network", Penalise(peer, POINTS_INVALID_HEADERS, "sent headers that do not chain"))
+                return
+        self.stats["headers_received"] += len(headers)
+        last = headers[-1]
+        if last.height > p.best_height:
+            p.best_height, p.best_hash = last.height, last.hash
+        self.refs.tell("storage", AddHeaders(headers, peer))
+
+    def _on_headers_stored(self, origin, count: int, last_hash, error, now: int) -> None:
+        p = self.peers.get(origin) if origin else None
+        if error is not None:
+            if error.code == Code.UNKNOWN_PARENT:
+                points, what = POINTS_DISCONNECTED_HEADERS, "sent headers that connect to nothing we know"
+            elif error.code.penalise or error.code == Code.INVALID_ANCESTOR:
+                points, what = POINTS_INVALID_HEADERS, f"sent invalid headers ({error.code})"
+            else:
+                return  # e.g. a header ahead of our clock: not the peer's fault
+            if origin is not None:
+                self.refs.tell("network", Penalise(origin, points, what))
+            return
+        if p is not None and count >= MAX_HEADERS and last_hash is not None:
+            self._ask_headers(p, now, start=last_hash)  # there is more where that came from
+
+    # --- blocks ----------------------------------------------------------------------------------
+
+    def _on_block(self, peer: bytes, raw: bytes) -> None:
+        try:
+            header, _ = decode_header_at(raw, 0)
+        except DecodeError as e:
+            self.refs.tell("network", Penalise(peer, POINTS_MALFORMED, f"sent a malformed block ({e.message})"))
+            return
+        block_hash = header.hash
+        asked = self.requested.get(block_hash)
+        if asked != peer:
+            self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
+            return
+        del self.requested[block_hash]
+        p = self.peers.get(peer)
+        if p is not None:
+            p.in_flight.pop(block_hash, None)
+            p.strikes = 0
+            if header.height > p.best_height:
+                p.best_height, p.best_hash = header.height, block_hash
+        self.stats["blocks_received"] += 1
+        self.refs.tell("validation", BlockReceived(raw, peer))
+
+    def _on_announced(self, peer: bytes, hashes: tuple[bytes, ...], now: int) -> None:
+        p = self.peers.get(peer)
+        if p is None:
+            return
+        wanted = []
+        for block_hash in hashes:
+            if block_hash in self.requested or block_hash in self.orphans:
+                continue
+            entry = self.store.index_entry(block_hash)
+            if entry is not None and (entry.has_block or entry.invalid):
+                continue
+            wanted.append(block_hash)
+        if wanted:
+            self._request(p, wanted[-MAX_IN_FLIGHT_PER_PEER:], now)
+
+    def _on_not_found(self, peer: bytes, hashes: tuple[bytes, ...]) -> None:
+        p = self.peers.get(peer)
+        for block_hash in hashes:
+            if self.requested.get(block_hash) == peer:
+                del self.requested[block_hash]
+            if p is not None:
+                p.in_flight.pop(block_hash, None)
+        if p is not None:
+            p.strikes += 1
+
+    def _request(self, p: SyncPeer, hashes: list[bytes], now: int) -> None:
+        items = tuple(InvItem(InvKind.BLOCK, h) for h in hashes)
+        if not self.transport.send(p.key, GetData(items)):
+            return
+        for block_hash in hashes:
+            self.requested[block_hash] = p.key
+            p.in_flight[block_hash] = now
+        self.stats["blocks_requested"] += len(hashes)
+
+    # --- orphans and blocks ahead of our clock ----------------------------------------------------
+
+    def _on_deferred(self, block: Block, origin: bytes | None, code: Code, now: int) -> None:
+        if block.hash in self.orphans:
+            return
+        if code == Code.TIME_TOO_NEW and block.header.timestamp_ms > now + 120_000:
+            return  # far in the future: it will be announced again when its time comes
+        while self.orphans and (len(self.orphans) >= MAX_ORPHANS or self.orphan_bytes + block.size > MAX_ORPHAN_BYTES):
+            _, evicted = self.orphans.popitem(last=False)
+            self.orphan_bytes -= evicted.block.size
+        self.orphans[block.hash] = Orphan(block, origin, now, code)
+        self.orphan_bytes += block.size
+        if code == Code.UNKNOWN_PARENT and self.store.index_entry(block.header.prev_hash) is None:
+            p = self.peers.get(origin) if origin else None
+            if p is not None:
+                self._ask_headers(p, now)  # fill the gap between our chain and this block
+
+    def _release_children(self, parent_hash: bytes) -> None:
+        children = [h for h, o in self.orphans.items() if o.block.header.prev_hash == parent_hash]
+        for block_hash in children:
+            orphan = self.orphans.pop(block_hash)
+            self.orphan_bytes -= orphan.block.size
+            self.refs.tell("storage", AddBlock(orphan.block, orphan.origin))
+
+    # --- the download plan ---------------------------------------------------------------------------
+
+    def _schedule(self, now: int) -> None:
+        if not self.peers:
+            return
+        tip = self.store.tip()
+        best_hash, best = self.store.best_header()
+        if best.weight <= tip.weight:
+            self._plan.clear()
+            return
+        if best_hash != self._plan_target:
+            self._plan = deque(self.store.missing_blocks(best_hash, MAX_PLAN))
+            self._plan_start_height = best.height - len(self._plan) + 1
+            self._plan_target = best_hash
+        # Drop what has arrived since the plan was made (oldest first).
+        while self._plan and self._has_block(self._plan[0]):
+            self._plan.popleft()
+            self._plan_start_height += 1
+        if len(self.requested) >= MAX_IN_FLIGHT:
+            return
+        batches: dict[bytes, list[bytes]] = {}
+        load = {key: len(p.in_flight) for key, p in self.peers.items()}
+        for offset, block_hash in enumerate(islice(self._plan, MAX_IN_FLIGHT * 2)):
+            if len(self.requested) + sum(map(len, batches.values())) >= MAX_IN_FLIGHT:
+                break
+            if block_hash in self.requested or block_hash in self.orphans:
+                continue
+            height = self._plan_start_height + offset
+            able = [k for k, p in self.peers.items() if p.best_height >= height and load[k] < MAX_IN_FLIGHT_PER_PEER]
+            if not able:
+                able = [k for k in self.peers if load[k] < MAX_IN_FLIGHT_PER_PEER]
+            if not able:
+                break
+            key = min(able, key=lambda k: (load[k], random.random()))
+            batches.setdefault(key, []).append(block_hash)
+            load[key] += 1
+        for key, hashes in batches.items():
+            self._request(self.peers[key], hashes, now)
+
+    def _has_block(self, block_hash: bytes) -> bool:
+        entry = self.store.index_entry(block_hash)
+        return entry is not None and (entry.has_block or entry.invalid)
+
+    # --- timers ------------------------------------------------------------------------------------
+
+    def _on_tick(self, now: int) -> None:
+        for p in list(self.peers.values()):
+            late = [h for h, asked in p.in_flight.items() if now - asked > BLOCK_TIMEOUT_MS]
+            for block_hash in late:
+                del p.in_flight[block_hash]
+                if self.requested.get(block_hash) == p.key:
+                    del self.requested[block_hash]
+            if late:
+                self.stats["timeouts"] += len(late)
+                p.strikes += 1
+            if p.headers_asked_ms and now - p.headers_asked_ms > HEADERS_TIMEOUT_MS:
+                p.headers_asked_ms = 0
+                p.strikes += 1
+            if p.strikes >= STRIKES_TO_DROP:
+                log.info("peer %s stalls (%d late answers): dropping it", p.key.hex()[:16], p.strikes)
+                self._forget_peer(p.key)
+                self.refs.tell("network", DropPeer(p.key, "stalled"))
+        # Blocks that were ahead of our clock may fit now; orphans too old are dropped.
+        for block_hash, orphan in list(self.orphans.items()):
+            if orphan.code == Code.TIME_TOO_NEW or now - orphan.added_ms > 60_000:
+                self.orphans.pop(block_hash)
+                self.orphan_bytes -= orphan.block.size
+                if orphan.code == Code.TIME_TOO_NEW:
+                    self.refs.tell("storage", AddBlock(orphan.block, orphan.origin))
+        tip = self.store.tip()
+        if self.peers and now - self._last_catchup_ms > CATCHUP_EVERY_MS:
+            self._last_catchup_ms = now
+            ahead = [p for p in self.peers.values() if p.best_weight > tip.weight] or list(self.peers.values())
+            self._ask_headers(random.choice(ahead), now)
