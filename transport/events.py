@@ -11,15 +11,17 @@ link arrive in order: LinkUp, then Received/Rejected, then LinkDown.
   Inbound: the first valid message from a key we have no inbound link with arrived over
   our ROUTER (it is delivered right after). `address` is the peer's IP (its port is
   ephemeral and not worth dialling).
-- LinkDown(peer, outbound, reason): that link is gone (disconnected, heartbeat timeout,
-  hung up, replaced). zmq will reconnect an outbound link by itself unless it was hung
-  up or refused; an inbound link comes back when the peer speaks again.
+- LinkDown(peer, outbound, reason): that link is gone ("disconnected" - closed or
+  heartbeat timeout -, "hung up", "banned", "unreachable", "replaced by a new
+  connection"...). zmq reconnects an outbound link by itself unless it was hung up,
+  banned or refused; an inbound link comes back when the peer speaks again.
 - Received(peer, message, size): a valid message; `size` is the frame's byte count.
 - Rejected(peer, reason, size): a frame from `peer` was dropped (malformed, oversized,
   another network or version, unknown type, multipart, or a spoofed routing id).
   `peer` is always the CURVE-authenticated key, so it is safe to score and ban.
 - AuthRefused(peer, address, outbound, reason): a CURVE handshake failed.
-  Inbound: our allow-list refused `peer` (its key) connecting from `address` (an IP).
+  Inbound: our allow-list or a ban refused `peer` (its key) connecting from `address`
+  (an IP); reported at most once a minute per key.
   Outbound: the node we dialled refused our key (zmq will NOT retry: hang_up and dial
   again later), or the handshake failed (wrong server key, not a peerledger node; zmq
   retries with backoff, reported once per dial until a handshake succeeds).

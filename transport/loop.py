@@ -12,8 +12,8 @@ Sockets, all in this Transport's own zmq.Context and all polled by one zmq.Polle
 - the read end of a wake-up pipe (see "command channel").
 
 Threading rule. pyzmq sockets are not thread-safe, so no other thread touches them.
-`start`, `stop`, `dial`, `hang_up`, `send`, `send_many`, `stats` and `bound_port` are safe
-from any thread; `send` encodes in the caller's thread and never blocks. `on_event` is
+`start`, `stop`, `dial`, `hang_up`, `ban`, `send`, `send_many`, `stats` and `bound_port` are
+safe from any thread; `send` encodes in the caller's thread and never blocks. `on_event` is
 called in the loop thread (see transport.events): keep it cheap.
 
 Command channel: two bounded queue.Queue objects (sends; dial/hang-up) plus a non-blocking
@@ -36,6 +36,10 @@ property set by our ZAP reply) is dropped and reported as Rejected(peer=authenti
 Valid frames become Received. The first valid message from a key with no inbound link
 gives LinkUp(inbound) just before it; the ROUTER monitor's DISCONNECTED (matched to the
 key by the connection's file descriptor) gives LinkDown(inbound).
+
+Bans: `ban(key, seconds)` gives the network actor's timed bans teeth below the actor: while
+a key is banned, ZAP refuses its handshakes, its frames on a connection that is already
+open are dropped before decoding (counted, no event), and it is not dialled.
 
 Reconnect: zmq reconnects an outbound DEALER by itself with capped exponential backoff
 (RECONNECT_IVL doubling up to RECONNECT_IVL_MAX). Every successful handshake gives LinkUp
@@ -95,6 +99,7 @@ POLL_TIMEOUT_MS = 100  # the loop wakes at least this often, so stop() is prompt
 BATCH = 500  # frames taken from one socket or queue per turn, so none starves the others
 START_TIMEOUT_S = 5.0  # start() waits this long for the loop to bind
 AUTH_REPORT_INTERVAL_S = 60.0  # an inbound key refused by ZAP is reported at most this often
+MAX_BANS = 10_000  # banned keys remembered at once (bounded like every other table)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27; one handler per context
 ZAP_DOMAIN = b"peerledger"
 USER_ID = "User-Id"  # message property carrying our ZAP reply's user-id (hex key)
@@ -246,6 +251,7 @@ class Transport:
         self._inbound: dict[bytes, int] = {}  # key -> file descriptor of its connection (-1 unknown)
         self._fd_key: dict[int, bytes] = {}
         self._auth_reported: dict[bytes, float] = {}
+        self._bans: dict[bytes, float] = {}  # key -> time.monotonic() the ban ends; under _lock
 
     # --- public, thread-safe ---------------------------------------------------------------
 
@@ -303,7 +309,8 @@ class Transport:
 
         Returns False, without dialling, for our own key, a key the allow-list does not
         hold, or when the command queue is full. Dialling a key again with another address
-        replaces the old link. A bad host or port raises ValueError.
+        replaces the old link. A bad host or port raises ValueError. send() to this key
+        drops (no_route) until LinkUp(outbound) has been delivered.
         """
         if len(key) != KEY_SIZE:
             raise ValueError(f"peer key must be {KEY_SIZE} raw bytes, got {len(key)}")
@@ -316,7 +323,40 @@ class Transport:
         if not self.is_allowed(key):
             self._count(self._drops, "dial_not_allowed")
             return False
+        if self.is_banned(key):
+            self._count(self._drops, "dial_banned")
+            return False
         return self._command((_DIAL, bytes(key), endpoint, format_host_port(host, port), is_ipv6(host)))
+
+    def ban(self, key: bytes, seconds: float) -> bool:
+        """Refuse `key` for `seconds` (0 lifts the ban) and hang up on it now.
+
+        False if the ban table is full of unexpired bans.
+        """
+        with self._lock:
+            if seconds <= 0:
+                self._bans.pop(key, None)
+                return True
+            if key not in self._bans and len(self._bans) >= MAX_BANS:
+                now = time.monotonic()
+                for k in [k for k, until in self._bans.items() if until <= now]:
+                    del self._bans[k]
+                if len(self._bans) >= MAX_BANS:
+                    self._drops["ban_table_full"] += 1
+                    return False
+            self._bans[bytes(key)] = time.monotonic() + seconds
+        self._command((_HANG_UP, bytes(key), "banned"))
+        return True
+
+    def is_banned(self, key: bytes) -> bool:
+        with self._lock:
+            until = self._bans.get(key)
+            if until is None:
+                return False
+            if until > time.monotonic():
+                return True
+            del self._bans[key]
+            return False
 
     def hang_up(self, key: bytes) -> bool:
         """Close the outbound link to `key` and forget its inbound route.
@@ -324,7 +364,7 @@ class Transport:
         zmq cannot close one connection of a ROUTER: if the peer dialled us, its connection
         stays open and its next valid message brings the inbound link back (LinkUp).
         """
-        return self._command((_HANG_UP, bytes(key)))
+        return self._command((_HANG_UP, bytes(key), "hung up"))
 
     def send(self, key: bytes, message: Message) -> bool:
         """Queue `message` for the peer `key`. Never blocks; False if it was dropped.
@@ -531,7 +571,7 @@ class Transport:
             if command[0] == _DIAL:
                 self._dial(*command[1:])
             elif command[0] == _HANG_UP:
-                self._hang_up(command[1])
+                self._hang_up(command[1], command[2])
         return not self._control.empty()
 
     def _dial(self, key: bytes, endpoint: str, address: str, ipv6: bool) -> None:
@@ -570,11 +610,11 @@ class Transport:
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(monitor, zmq.POLLIN)
 
-    def _hang_up(self, key: bytes) -> None:
+    def _hang_up(self, key: bytes, reason: str) -> None:
         out = self._outbound.get(key)
         if out is not None:
-            self._close_outbound(out, "hung up")
-        self._forget_inbound(key, "hung up")
+            self._close_outbound(out, reason)
+        self._forget_inbound(key, reason)
 
     def _close_outbound(self, out: _Outbound, reason: str | None = None) -> None:
         """Close a DEALER and its monitor; LinkDown if it was up and a reason is given."""
@@ -655,7 +695,11 @@ class Transport:
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != KEY_SIZE:
             return [b"1.0", request_id, b"400", b"CURVE only", b"", b""]
         key = credentials[0]
-        if self.is_allowed(key):
+        if not self.is_allowed(key):
+            refusal = "key is not in the allow-list"
+        elif self.is_banned(key):
+            refusal = "key is banned"
+        else:
             return [b"1.0", request_id, b"200", b"OK", key.hex().encode("ascii"), b""]
         self._count(self._events, "auth_refused_inbound")
         now = time.monotonic()
@@ -663,8 +707,8 @@ class Transport:
             if len(self._auth_reported) >= 1024:  # bounded: forget old reports
                 self._auth_reported.clear()
             self._auth_reported[key] = now
-            self._emit(AuthRefused(key, address.decode("ascii", "replace"), False, "key is not in the allow-list"))
-        return [b"1.0", request_id, b"400", b"not in the allow-list", b"", b""]
+            self._emit(AuthRefused(key, address.decode("ascii", "replace"), False, refusal))
+        return [b"1.0", request_id, b"400", refusal.encode("ascii"), b"", b""]
 
     # inbound frames
 
@@ -703,6 +747,9 @@ class Transport:
             log.error("inbound message without a valid %s property: dropped", USER_ID)
             return True
         size = len(frame)
+        if self._bans and self.is_banned(key):  # its connection predates the ban
+            self._count(self._events, "dropped_from_banned")
+            return True
         if routing_id.bytes != key:
             spoofed = routing_id.bytes
             if spoofed in self._inbound:  # ROUTER_HANDOVER gave that route to this connection
@@ -726,6 +773,9 @@ class Transport:
             if got is None:
                 return
             frame, extra = got
+            if self._bans and self.is_banned(out.key):  # a hang-up is on its way
+                self._count(self._events, "dropped_from_banned")
+                continue
             message = self._decode(out.key, frame, extra)
             if message is None:
                 continue

@@ -288,6 +288,8 @@ def test_spoofed_routing_id_is_rejected(make_node):
         rejected = b.log.rejected(spoofer.public, RejectReason.SPOOFED)
         assert rejected.peer == spoofer.public  # blame lands on the key that was proven
         assert Ping(666) not in [e.message for e in b.log.of_type(Received)]
+        # ROUTER_HANDOVER gave A's routing id to the spoofer: B stops routing to "A" there.
+        b.log.link_down(a.public, outbound=False)
     finally:
         spoofer.close()
     # A's own link recovers: its DEALER reconnects and takes its routing id back.
@@ -317,6 +319,55 @@ def test_allow_list_keeps_unlisted_nodes_out_both_ways(make_node):
     assert not [e for e in b.log.snapshot() if getattr(e, "peer", None) == c.public and not isinstance(e, AuthRefused)]
     assert not [e for e in c.log.snapshot() if isinstance(e, LinkUp)]
     assert b.transport.stats().events["auth_refused_inbound"] >= 1
+
+
+def test_a_ban_cuts_a_peer_off_until_it_is_lifted(make_node):
+    a, b = linked_pair(make_node)
+    assert b.dial(a)
+    b.log.link_up(a.public, outbound=True)
+    a.transport.send(b.public, Ping(1))
+    b.log.link_up(a.public, outbound=False)
+
+    assert b.transport.ban(a.public, 60)
+    assert b.log.link_down(a.public, outbound=True).reason == "banned"
+    assert b.log.link_down(a.public, outbound=False).reason == "banned"
+    assert b.transport.is_banned(a.public)
+    a.transport.send(b.public, Ping(2))  # over A's connection that predates the ban
+    wait_until(lambda: b.transport.stats().events.get("dropped_from_banned"), what="the banned ping to drop")
+    assert not b.transport.dial(a.public, "127.0.0.1", a.port)
+    assert b.transport.stats().drops["dial_banned"] == 1
+
+    a.transport.hang_up(b.public)
+    a.log.link_down(b.public, outbound=True)
+    mark = len(a.log.snapshot())
+    a.dial(b)  # a new connection is refused by ZAP
+    refused = b.log.wait_for(lambda e: isinstance(e, AuthRefused))
+    assert refused.peer == a.public and refused.reason == "key is banned"
+    a.log.wait_for(lambda e: isinstance(e, AuthRefused) and e.outbound, after=mark)
+    assert Ping(2) not in [e.message for e in b.log.of_type(Received)]
+
+    assert b.transport.ban(a.public, 0)  # lifted
+    assert not b.transport.is_banned(a.public)
+    a.transport.hang_up(b.public)
+    mark = len(a.log.snapshot())
+    a.dial(b)
+    a.log.link_up(b.public, outbound=True, after=mark)
+    a.transport.send(b.public, Ping(3))
+    b.log.received(a.public, Ping(3))
+
+
+def test_bans_expire_and_are_bounded(make_node, monkeypatch):
+    import transport.loop as loop_module
+
+    a = make_node(start=False)
+    key = b"\x05" * 32
+    assert a.transport.ban(key, 0.05)
+    assert a.transport.is_banned(key)
+    wait_until(lambda: not a.transport.is_banned(key), timeout=2.0, what="the ban to expire")
+    monkeypatch.setattr(loop_module, "MAX_BANS", 2)
+    assert a.transport.ban(b"\x01" * 32, 60) and a.transport.ban(b"\x02" * 32, 60)
+    assert not a.transport.ban(b"\x03" * 32, 60)
+    assert a.transport.stats().drops["ban_table_full"] == 1
 
 
 def test_wrong_server_key_fails_the_handshake(make_node):
