@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import http.client
 import json
 import os
 import signal
@@ -401,6 +402,30 @@ class NodeProcess:
             return status if status["height"] >= height else None
 
         return wait_until(reached, timeout, interval=0.05, message=f"{self.name} to reach height {height}")
+
+    def http(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+             *, content_length: bool = True, timeout: float = 10.0) -> tuple[int, Any]:
+        """One raw HTTP request to the API, for requests ApiClient would never send.
+
+        Answers (status, decoded JSON body or None). `content_length=False` leaves the
+        Content-Length header out even when there is a body.
+        """
+        connection = http.client.HTTPConnection(*self.api_address, timeout=timeout)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            headers = dict(headers or {})
+            if body is not None and content_length and not any(k.lower() == "content-length" for k in headers):
+                headers["Content-Length"] = str(len(body))
+            for name, value in headers.items():
+                connection.putheader(name, value)
+            connection.endheaders()
+            if body:
+                connection.send(body)
+            response = connection.getresponse()
+            data = response.read()
+            return response.status, (json.loads(data) if data else None)
+        finally:
+            connection.close()
 
     def describe(self, tail: int = 60) -> str:
         lines = self.log_text().splitlines()
