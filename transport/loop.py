@@ -76,7 +76,6 @@ from transport.messages import (
     RejectReason,
     decode_message,
     encode_message,
-    peek_type,
 )
 
 log = logging.getLogger(__name__)
@@ -883,4 +882,5 @@ class Transport:
                 self._count(self._events, "handshake_failed_outbound")
                 if not out.failure_reported:
                     out.failure_reported = True
-                    self._emit(AuthRefused(out.key, out.address, True, "handshake failed: wrong key, or not a peerledger node"))
+                    reason = "handshake failed: wrong key, or not a peerledger node"
+                    self._emit(AuthRefused(out.key, out.address, True, reason))

@@ -521,7 +521,7 @@ def decode_message(magic: bytes, frame: bytes) -> Message:
     """The message in `frame`, or FrameError saying which check failed. Never anything else."""
     _check_magic(magic)
     if len(frame) < ENVELOPE_SIZE:
-        raise FrameError(RejectReason.TOO_SHORT, f"{len(frame)} bytes is shorter than the {ENVELOPE_SIZE}-byte envelope")
+        raise FrameError(RejectReason.TOO_SHORT, f"{len(frame)} bytes, the envelope alone is {ENVELOPE_SIZE}")
     version, frame_magic, type_id = _ENVELOPE.unpack_from(frame)
     if version != PROTOCOL_VERSION:
         raise FrameError(RejectReason.WRONG_VERSION, f"protocol version {version}, expected {PROTOCOL_VERSION}")
@@ -533,7 +533,8 @@ def decode_message(magic: bytes, frame: bytes) -> Message:
         raise FrameError(RejectReason.UNKNOWN_TYPE, f"message type {type_id}") from None
     size = len(frame) - ENVELOPE_SIZE
     if size > MAX_PAYLOAD_SIZE[mtype]:
-        raise FrameError(RejectReason.OVERSIZE, f"{mtype.name} payload of {size} bytes exceeds {MAX_PAYLOAD_SIZE[mtype]}")
+        limit = MAX_PAYLOAD_SIZE[mtype]
+        raise FrameError(RejectReason.OVERSIZE, f"{mtype.name} payload of {size} bytes exceeds {limit}")
     r = Reader(memoryview(frame)[ENVELOPE_SIZE:], mtype.name)
     try:
         msg = REGISTRY[mtype].decode_payload(r)
