@@ -288,7 +288,8 @@ class Transport:
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the loop, close every socket (linger 0) and the context. True if it ended in time.
 
-        Returns within `timeout`. No event is delivered after it returns True.
+        Returns within `timeout`. No event is delivered after it returns True. Called from
+        on_event (the loop thread) it only asks the loop to end, and returns False.
         """
         self._closed = True
         thread = self._thread
@@ -296,6 +297,8 @@ class Transport:
             return True
         self._stopping.set()
         self._wake(force=True)
+        if threading.current_thread() is thread:  # called from on_event: the loop ends after it returns
+            return False
         thread.join(timeout)
         if thread.is_alive():
             log.error("transport loop did not stop within %.1f s", timeout)

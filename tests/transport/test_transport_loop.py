@@ -424,6 +424,18 @@ def test_callback_exceptions_do_not_stop_the_loop(make_node):
     wait_until(lambda: sum(isinstance(e, Received) for e in seen) == 3, what="all pings despite raising callbacks")
 
 
+def test_stop_from_inside_the_callback_does_not_deadlock(make_node):
+    a, b = make_node(), make_node()
+    results = []
+    b.transport._on_event = lambda event: results.append(b.transport.stop())
+    assert a.dial(b)
+    a.log.link_up(b.public, outbound=True)
+    a.transport.send(b.public, Ping(1))  # B's first event makes it stop itself
+    wait_until(lambda: results, what="the callback to run")
+    assert results == [False]
+    assert b.transport.stop(2.0)
+
+
 def test_bind_conflict_names_the_address(make_node):
     a = make_node()
     with pytest.raises(TransportError, match=f"127.0.0.1:{a.port}"):
