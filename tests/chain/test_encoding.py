@@ -108,6 +108,8 @@ def test_count_checked_against_maximum_before_allocation():
     with pytest.raises(DecodeError, match="exceed the maximum of 1000"):
         r.count(1000)
     assert Reader((1000).to_bytes(4, "big")).count(1000) == 1000
+    with pytest.raises(DecodeError):
+        Reader((1001).to_bytes(4, "big")).count(1000)
     assert Reader((7).to_bytes(2, "big")).count(10, width=2) == 7
 
 

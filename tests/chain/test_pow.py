@@ -377,3 +377,6 @@ def test_median_time_past_uses_the_middle_timestamp():
     ctx = HeaderContext(header_at(1, 0, 1), None, (50, 10, 40, 30, 20))
     assert ctx.median_time_past == 30
     assert HeaderContext(header_at(1, 0, 1), None, (7,)).median_time_past == 7
+    # an even count (the first blocks of a chain) takes the upper middle: a consensus rule
+    assert HeaderContext(header_at(1, 0, 1), None, (40, 10, 30, 20)).median_time_past == 30
+    assert HeaderContext(header_at(1, 0, 1), None, (5, 9)).median_time_past == 9
