@@ -297,7 +297,7 @@ class Transport:
             return True
         self._stopping.set()
         self._wake(force=True)
-        if threading.current_thread() is thread:  # called from on_event: the loop ends after it returns
+        if threading.current_thread() is thread:  # from on_event: the loop ends after this turn
             return False
         thread.join(timeout)
         if thread.is_alive():

@@ -432,7 +432,7 @@ def test_stop_from_inside_the_callback_does_not_deadlock(make_node):
     a.log.link_up(b.public, outbound=True)
     a.transport.send(b.public, Ping(1))  # B's first event makes it stop itself
     wait_until(lambda: results, what="the callback to run")
-    assert results == [False]
+    assert set(results) == {False}  # LinkUp and Received came in the same turn: both asked
     assert b.transport.stop(2.0)
 
 
