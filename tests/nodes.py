@@ -22,6 +22,7 @@ the test if any process outlives it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import http.client
 import json
@@ -38,7 +39,10 @@ from typing import Any
 import pytest
 
 from chain.keys import SigningKey, address_to_text
+from chain.params import ChainParams
 from peerledger.client import ApiClient, ApiClientError
+from peerledger.config import load_genesis
+from storage.store import Store
 from tests.chainbuilder import key
 from tests.helpers import wait_until
 
@@ -246,6 +250,18 @@ class NodeProcess:
 
     def wallet_address(self, name: str = "default") -> str:
         return (self.data_dir / "wallets" / f"{name}.address").read_text().strip()
+
+    @contextlib.contextmanager
+    def open_store(self) -> Iterator[Store]:
+        """The stopped node's store, opened in the test process as the node opens it."""
+        assert not self.running, f"{self.name} is running; stop or kill it before opening its store"
+        storage = self.config.get("storage", {})
+        store = Store.open(self.data_dir, self.network.params, map_size=storage.get("map_size_mb", 1024) << 20,
+                           sync=storage.get("sync", True))
+        try:
+            yield store
+        finally:
+            store.close()
 
     # --- the command line ------------------------------------------------------------------
 
@@ -456,6 +472,10 @@ class Network:
         spec = dict(self.genesis)
         spec["allocations"] = [{"address": a, "amount": n} for a, n in self.allocations.items()]
         self.genesis_path.write_text(toml_text(spec))
+
+    @property
+    def params(self) -> ChainParams:
+        return load_genesis(self.genesis_path)
 
     def add_node(self, config: Mapping[str, Any] | None = None, name: str | None = None) -> NodeProcess:
         node = NodeProcess(self, name or f"node{len(self.nodes)}", config)
