@@ -196,6 +196,10 @@ class NetworkActor(NodeActor):
 
     def on_start(self) -> None:
         self.book.load(self.store.load_peers(), self.store.load_bans())
+        now = self.clock.now_ms()
+        for key, until in self.book.bans.items():
+            if until > now:  # bans outlive restarts
+                self.transport.ban(key, (until - now) / 1000)
         for seed in self.settings.seeds:
             address = parse_peer_address(seed)
             self.seeds[address.key] = format_host_port(address.host, address.port)
@@ -554,6 +558,7 @@ class NetworkActor(NodeActor):
         self.scores.pop(peer, None)
         self.counters["banned"] += 1
         log.warning("banned peer %s for %d s: %s", peer.hex()[:16], self.settings.ban_seconds, reason)
+        self.transport.ban(peer, self.settings.ban_seconds)  # its frames are dropped before decoding
         self.refs.tell("storage", SavePeers({}, {peer: until}))
         self._drop(peer, "banned", now)
 
