@@ -54,6 +54,7 @@ from actors.messages import (
 )
 from actors.peerbook import AddressBook
 from chain.encoding import sha256
+from chain.errors import Code
 from chain.params import ChainParams
 from storage.store import Store
 from transport.events import AuthRefused, LinkDown, LinkUp, Received, Rejected
@@ -115,6 +116,8 @@ POINTS_INVALID_TX = 20
 POINTS_UNREQUESTED = 20
 POINTS_BEFORE_HELLO = 10
 POINTS_BAD_HELLO = 100
+# Refusals that may not hold later (a gap in nonces filled, room in the mempool).
+_RETRYABLE = frozenset({Code.WRONG_NONCE, Code.MEMPOOL_FULL, Code.FEE_TOO_LOW, Code.INSUFFICIENT_FUNDS})
 
 
 class _LruSet:
@@ -250,8 +253,8 @@ class NetworkActor(NodeActor):
             case TipChanged(tip, connected, _disconnected):
                 self._announce_blocks(connected)
             case TxRejected(txid, origin, error):
-                if txid:
-                    self.rejected_txs.add(txid)
+                if txid and error.code not in _RETRYABLE:
+                    self.rejected_txs.add(txid)  # not worth fetching again from anyone
                 if origin is not None and error.code.penalise:
                     self._penalise(origin, POINTS_INVALID_TX, f"sent an invalid transaction ({error.code})", now)
             case BlockRejected(_block_hash, origin, error):
