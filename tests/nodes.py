@@ -12,6 +12,18 @@ that N nodes of one network are N calls to `add_node`. Every node gets its own d
 TOML file (test defaults, see `NODE_DEFAULTS`, with any dict merged over them), free
 loopback ports, and a log file holding the process's stdout and stderr.
 
+Peer-to-peer networks (tests/p2p) wire real nodes together:
+
+    a, b, c = nodes.add_nodes(3, P2P, topology="mesh")   # keys made, seeds written
+    nodes.start(a, b, c)                                  # init, spawn all, wait for every API
+    nodes.wait_ready_peers(a, [b, c])                     # handshakes done
+    nodes.wait_converged([a, b, c], 60)                   # one tip, one state hash
+
+A node's identity (<data_dir>/node.key) is created before `peerledger init`, which keeps
+it, so seeds naming every peer's key can be written first. A node may live in a network
+namespace (`add_node(..., host=..., netns=...)`, see tests/netlab.py): its process is then
+started with `ip netns exec`, and it listens (peers and API) on that namespace's address.
+
 Each node process runs in its own session (and so its own process group): its mining and
 validation workers stay in that group, `kill()` reaches them all, and "nothing left behind"
 is checked by scanning /proc for live processes of that session. `Network.cleanup()`, run
@@ -32,7 +44,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +52,8 @@ import pytest
 
 from chain.keys import SigningKey, address_to_text
 from chain.params import ChainParams
+from chain.tx import sign_tx
+from peerledger import keyfiles
 from peerledger.client import ApiClient, ApiClientError
 from peerledger.config import load_genesis
 from storage.store import Store
@@ -79,6 +93,25 @@ NODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "producer": {"enabled": True, "workers": 1, "chunk_nonces": 20_000},
     "validation": {"workers": 0},
     "api": {"enabled": True},
+}
+
+# Merge over NODE_DEFAULTS for a node that takes part in a network: peers found dead within
+# seconds so that scenarios stay short, and generous enough for a loaded 2-core machine.
+P2P: dict[str, dict[str, Any]] = {
+    "network": {
+        "enabled": True,
+        "ping_interval_s": 1.0,
+        "peer_timeout_s": 6.0,
+        "handshake_timeout_s": 5.0,
+    },
+}
+
+# Who dials whom in `Network.add_nodes`: node i dials the nodes of these indexes.
+TOPOLOGIES: dict[str, Callable[[int], list[int]]] = {
+    "mesh": lambda i: list(range(i)),  # every node dials every earlier one (as `peerledger devnet`)
+    "line": lambda i: [i - 1] if i else [],  # 0 - 1 - 2 - ...: relays must carry everything
+    "star": lambda i: [0] if i else [],  # everyone dials node 0
+    "none": lambda i: [],
 }
 
 
@@ -202,23 +235,28 @@ class NodeExited(AssertionError):
 class NodeProcess:
     """One node: its directory, TOML file, data directory and (when started) its process."""
 
-    def __init__(self, network: Network, name: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, network: Network, name: str, config: Mapping[str, Any] | None = None, *,
+                 host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.network = network
         self.name = name
+        self.host = host  # where it listens for peers and the API (and so where it is reached)
+        self.netns = netns  # started with `ip netns exec <netns>` when set
         self.dir = network.root / name
         self.dir.mkdir(parents=True)
         self.config_path = self.dir / "node.toml"
         self.log_path = self.dir / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.paused = False
         self._log_file = None
+        self._key: bytes | None = None
         listen_port, api_port = free_ports(2)
         defaults = merge(
             NODE_DEFAULTS,
             {
                 "node": {"name": name, "genesis": str(network.genesis_path)},
-                "network": {"listen": f"127.0.0.1:{listen_port}"},
-                "api": {"listen": f"127.0.0.1:{api_port}"},
+                "network": {"listen": f"{host}:{listen_port}"},
+                "api": {"listen": f"{host}:{api_port}"},
             },
         )
         self.config: dict[str, Any] = merge(defaults, config or {})
@@ -250,6 +288,46 @@ class NodeProcess:
 
     def wallet_address(self, name: str = "default") -> str:
         return (self.data_dir / "wallets" / f"{name}.address").read_text().strip()
+
+    # --- identity and peers (set before the node starts) -------------------------------------
+
+    @property
+    def key(self) -> bytes:
+        """The node's public key. Creates <data_dir>/node.key first if needed, as `peerledger
+        init` would (init keeps an existing key), so that peers can name it in their seeds."""
+        if self._key is None:
+            if (self.data_dir / keyfiles.NODE_KEY_FILE).exists():
+                self._key = keyfiles.load_node_key(self.data_dir)[0]
+            else:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.data_dir, 0o700)
+                self._key = keyfiles.create_node_key(self.data_dir)
+        return self._key
+
+    @property
+    def node_id(self) -> str:
+        return self.key.hex()
+
+    @property
+    def listen(self) -> str:
+        return self.config["network"]["listen"]
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+    @property
+    def peer_address(self) -> str:
+        """"<key hex>@host:port", what other nodes list in their seeds to dial this one."""
+        return f"{self.node_id}@{self.listen}"
+
+    def dial(self, *peers: NodeProcess) -> None:
+        """Add `peers` to this node's seeds (rewrites its file: takes effect at its next start)."""
+        seeds = list(self.config["network"].get("seeds", []))
+        seeds += [p.peer_address for p in peers if p.peer_address not in seeds]
+        self.config["network"]["seeds"] = seeds
+        self.write_config()
 
     @contextlib.contextmanager
     def open_store(self) -> Iterator[Store]:
@@ -300,8 +378,10 @@ class NodeProcess:
         self._log_file.flush()
         env = dict(os.environ)
         env.pop("PEERLEDGER_CONFIG", None)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []  # it execs: the pid is the node's
+        self.paused = False
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "peerledger", "run", "--config", str(self.config_path)],
+            [*prefix, PYTHON, "-m", "peerledger", "run", "--config", str(self.config_path)],
             cwd=self.dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -341,6 +421,8 @@ class NodeProcess:
         """
         assert self.running, f"{self.name} is not running\n{self.describe()}"
         started = time.monotonic()
+        if self.paused:
+            self.resume()
         self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
@@ -361,6 +443,22 @@ class NodeProcess:
         self.proc.wait(STOP_TIMEOUT_S)
         self._close_log()
 
+    def pause(self) -> None:
+        """SIGSTOP the node's whole process group (node and workers): a peer gone silent
+        without closing anything. `resume` (or stop, or teardown) brings it back."""
+        assert self.running, f"{self.name} is not running\n{self.describe()}"
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT the node's process group."""
+        assert self.proc is not None, f"{self.name} was never started"
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        self.paused = False
+
     def kill_group(self) -> None:
         """SIGKILL every process of the node's session (the node and all its workers)."""
         if self.proc is None:
@@ -379,6 +477,7 @@ class NodeProcess:
             self.proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pass
+        self.paused = False
         self._close_log()
 
     def restart(self, *, timeout: float = START_TIMEOUT_S) -> NodeProcess:
@@ -418,6 +517,31 @@ class NodeProcess:
             return status if status["height"] >= height else None
 
         return wait_until(reached, timeout, interval=0.05, message=f"{self.name} to reach height {height}")
+
+    def peers(self) -> list[dict[str, Any]]:
+        """GET /peers: sessions (node_id, ready, direction, height, score...) and bans."""
+        return self.client.peers()
+
+    def ready_peers(self) -> set[str]:
+        """Node ids (hex) of the peers this node has finished a handshake with."""
+        return {p["node_id"] for p in self.peers() if p.get("ready")}
+
+    def banned(self) -> set[str]:
+        """Node ids (hex) this node bans now."""
+        return {p["node_id"] for p in self.peers() if "banned_until_ms" in p}
+
+    def submit(self, raw: bytes) -> str:
+        """POST /txs; answers the transaction id (hex). ApiClientError if the node refuses it."""
+        return self.client.submit(raw)
+
+    def tx_status(self, txid: str) -> str | None:
+        """"confirmed", "pending", or None when the node knows no such transaction."""
+        try:
+            return self.client.tx(txid)["status"]
+        except ApiClientError as e:
+            if e.status == 404:
+                return None
+            raise
 
     def http(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
              *, content_length: bool = True, timeout: float = 10.0) -> tuple[int, Any]:
@@ -477,10 +601,41 @@ class Network:
     def params(self) -> ChainParams:
         return load_genesis(self.genesis_path)
 
-    def add_node(self, config: Mapping[str, Any] | None = None, name: str | None = None) -> NodeProcess:
-        node = NodeProcess(self, name or f"node{len(self.nodes)}", config)
+    def add_node(self, config: Mapping[str, Any] | None = None, name: str | None = None, *,
+                 host: str = "127.0.0.1", netns: str | None = None) -> NodeProcess:
+        node = NodeProcess(self, name or f"node{len(self.nodes)}", config, host=host, netns=netns)
         self.nodes.append(node)
         return node
+
+    def add_nodes(self, count: int, config: Mapping[str, Any] | None = None, *, topology: str = "mesh",
+                  places: Sequence[tuple[str, str | None]] | None = None) -> list[NodeProcess]:
+        """`count` new nodes (not started) with `config` merged over the defaults, wired by
+        `topology` (see TOPOLOGIES: "mesh" = each dials every earlier one). `places` gives
+        each node's (host, netns), for nodes in network namespaces. Merge `P2P` into
+        `config` for a network that is quick to notice dead peers."""
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}; one of {sorted(TOPOLOGIES)}")
+        if places is not None and len(places) != count:
+            raise ValueError(f"{count} nodes but {len(places)} places")
+        config = merge({"network": {"enabled": True}}, config or {})
+        added = []
+        for i in range(count):
+            host, netns = places[i] if places is not None else ("127.0.0.1", None)
+            added.append(self.add_node(config, host=host, netns=netns))
+        for i, node in enumerate(added):
+            node.dial(*(added[j] for j in TOPOLOGIES[topology](i)))
+        return added
+
+    def start(self, *nodes: NodeProcess, timeout: float = START_TIMEOUT_S) -> list[NodeProcess]:
+        """`peerledger init` each node not initialised yet, start them all, wait for every API."""
+        for node in nodes:
+            if not (node.data_dir / "ledger").exists() and node.starts == 0:
+                node.init()
+        for node in nodes:
+            node.spawn()
+        for node in nodes:
+            node.wait_ready(timeout)
+        return list(nodes)
 
     def start_node(self, config: Mapping[str, Any] | None = None, name: str | None = None) -> NodeProcess:
         """add_node, `peerledger init`, start and wait for its API."""
@@ -496,6 +651,58 @@ class Network:
         for node in added:
             node.wait_ready()
         return added
+
+    # --- barriers over several nodes --------------------------------------------------------
+
+    @staticmethod
+    def wait_ready_peers(node: NodeProcess, peers: Sequence[NodeProcess], timeout: float = 60.0) -> None:
+        """Wait until `node` lists every one of `peers` as a ready peer (handshake done)."""
+        wanted = {p.node_id for p in peers}
+
+        def ready() -> bool:
+            node.assert_running()
+            return wanted <= node.ready_peers()
+
+        wait_until(ready, timeout, interval=0.1, ignore=(ApiClientError,),
+                   message=f"{node.name} to be ready with {[p.name for p in peers]}")
+
+    @staticmethod
+    def wait_converged(nodes: Sequence[NodeProcess], timeout: float = 60.0, *, min_height: int = 0) -> dict[str, Any]:
+        """Wait until every node reports the same tip and state hash (at `min_height` or above);
+        answers that common status. Polls all nodes in a row, so the agreement is real."""
+
+        def agreed() -> dict[str, Any] | None:
+            statuses = []
+            for node in nodes:
+                node.assert_running()
+                statuses.append(node.status())
+            views = {(s["tip"], s["state_hash"]) for s in statuses}
+            if len(views) == 1 and statuses[0]["height"] >= min_height:
+                return statuses[0]
+            return None
+
+        names = [n.name for n in nodes]
+        return wait_until(agreed, timeout, interval=0.1, ignore=(ApiClientError,),
+                          message=f"{names} to agree on one tip and state hash (height >= {min_height})")
+
+    @staticmethod
+    def wait_confirmed(nodes: Sequence[NodeProcess], txid: str, timeout: float = 60.0) -> None:
+        """Wait until transaction `txid` is confirmed on every one of `nodes`."""
+
+        def everywhere() -> bool:
+            for node in nodes:
+                node.assert_running()
+                if node.tx_status(txid) != "confirmed":
+                    return False
+            return True
+
+        wait_until(everywhere, timeout, interval=0.1, ignore=(ApiClientError,),
+                   message=f"transaction {txid[:16]} to be confirmed on {[n.name for n in nodes]}")
+
+    def transfer(self, sender: int, nonce: int, *, amount: int = 1000, fee: int = 1000, recipient: int = 3) -> bytes:
+        """A signed transfer (raw bytes) from FUNDED[sender] to FUNDED[recipient] on this network."""
+        return sign_tx(FUNDED[sender], self.params.network_id, nonce=nonce, fee=fee,
+                       recipient=FUNDED[recipient].address, amount=amount).raw
 
     def track(self, node: NodeProcess) -> None:
         if node not in self._started:
