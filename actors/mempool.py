@@ -28,7 +28,8 @@ from actors.messages import AddTxs, BlockTemplateTxs, MempoolQuery, Tick, TipCha
 from chain.errors import ChainError, Code
 from chain.keys import address_of
 from chain.state import EMPTY, Account, spendable, tx_cost
-from chain.tx import Transaction
+from chain.params import POS
+from chain.tx import BOND, TRANSFER, UNBOND, Transaction
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class TxPool:
         max_per_sender: int,
         expiry_ms: int,
         next_height: Callable[[], int] = lambda: 0,
+        staking: bool = False,
     ) -> None:
         self.get_account = get_account
+        # Kinds a block of this network can hold (chain.state.apply_tx): anything else would
+        # make every block template that includes it invalid.
+        self.kinds = frozenset({TRANSFER, BOND, UNBOND} if staking else {TRANSFER})
         self.max_bytes = max_bytes
         self.min_fee = min_fee
         self.max_per_sender = max_per_sender
@@ -86,6 +91,8 @@ class TxPool:
             raise ChainError(Code.DUPLICATE, f"transaction {tx.id.hex()[:16]} is already pending")
         if tx.fee < self.min_fee:
             raise ChainError(Code.FEE_TOO_LOW, f"fee {tx.fee} is below this node's minimum of {self.min_fee}")
+        if tx.kind not in self.kinds:
+            raise ChainError(Code.BAD_BLOCK, f"transactions of kind {tx.kind} are not valid on this network")
         sender = address_of(tx.sender)
         account = self.get_account(sender) or EMPTY
         run = self.by_sender.get(sender, [])
@@ -253,6 +260,7 @@ class MempoolActor(NodeActor):
             max_per_sender=max_per_sender,
             expiry_ms=expiry_s * 1000,
             next_height=lambda: store.tip().height + 1,
+            staking=store.params.consensus == POS,
         )
 
     def on_receive(self, message: object) -> object:
