@@ -1,0 +1,276 @@
+"""A real node in this process: real actors, a real store in tmp_path, real mining processes.
+
+The network is off; transactions come in through `Node.submit_tx` (the API's path) and
+blocks through the validation actor (the peers' path). Every wait is bounded, and every
+node a test starts is stopped by the fixture even when the test fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.messages import AddBlock, BlockReceived
+from actors.node import Node
+from chain.block import HEADER_VERSION, Block, Header, merkle_root
+from chain.errors import ChainError, Code
+from chain.pow import nonce_proof, search_nonce
+from chain.state import Account
+from chain.tx import BOND, Transaction, sign_tx
+from peerledger.config import settings_from_dict
+from storage.store import Store
+from tests.chainbuilder import INITIAL_BALANCE, ChainBuilder, key, make_params
+from tests.helpers import wait_until
+from tests.storage.replay import replay_accounts, replay_state_digest
+
+MINER = key(-1).address
+# One mining process does some 10^5..10^6 hashes a second, less on a busy machine: blocks
+# come every few tenths of a second, and ASERT holds them near the 200 ms interval.
+DIFFICULTY = 30_000
+BLOCK_INTERVAL_MS = 200
+WAIT_S = 60.0  # generous: the machine may be busy; a healthy node takes a second or two
+PARAMS = make_params(difficulty=DIFFICULTY, block_interval_ms=BLOCK_INTERVAL_MS)
+
+
+def transfer(sender: int, recipient: int, amount: int, *, nonce: int, fee: int = 2, params=PARAMS) -> Transaction:  # noqa: ANN001
+    return sign_tx(key(sender), params.network_id, nonce=nonce, fee=fee, recipient=key(recipient).address, amount=amount)
+
+
+def node_settings(tmp_path: Path, name: str, *, producer: bool, sections: dict) -> object:
+    data: dict = {
+        "node": {"data_dir": str(tmp_path / name)},
+        "network": {"enabled": False},
+        "api": {"enabled": False},
+        "producer": {"enabled": producer, "workers": 1, "chunk_nonces": 5_000},
+        "validation": {"workers": 0},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return settings_from_dict(data, tmp_path / f"{name}.toml")
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start a node; every node started is stopped at teardown, whatever happened."""
+    nodes: list[Node] = []
+
+    def start(*, producer: bool = True, params=PARAMS, **sections: dict) -> Node:  # noqa: ANN001
+        settings = node_settings(tmp_path, f"node{len(nodes)}", producer=producer, sections=sections)
+        node = Node(settings, params, reward_address=MINER)
+        nodes.append(node)
+        node.start()
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def height(node: Node) -> int:
+    return node.store.tip().height
+
+
+def confirmed(node: Node, txid: bytes) -> tuple[bytes, int, int] | None:
+    return node.store.tx_location(txid)
+
+
+def reopen(node: Node) -> Store:
+    """The stopped node's store, opened again to look at what it left on disk."""
+    return Store.open(node.settings.node.data_dir, node.params)
+
+
+# --- mining and confirming ---------------------------------------------------------------------
+
+
+def test_node_mines_and_confirms_a_transfer(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    wait_until(lambda: height(node) >= 2, WAIT_S, message="the node to mine two blocks")
+    assert node.mempool_info(key(0).address)["next_nonce"] == 0
+
+    first = transfer(0, 1, 1_000, nonce=0)
+    second = transfer(0, 2, 500, nonce=1, fee=3)
+    assert node.submit_tx(first.raw) == first.id
+    assert node.submit_tx(second.raw) == second.id
+    info = node.mempool_info(key(0).address, txid=second.id)
+    assert info["next_nonce"] == 2  # the pool counts its pending transactions
+    assert info["tx"] == second or confirmed(node, second.id)
+
+    where = wait_until(lambda: confirmed(node, second.id), WAIT_S, message="the transfers to be confirmed")
+    block_hash, at, _ = where
+    first_at = confirmed(node, first.id)
+    assert first_at is not None and first_at[1] <= at
+    block = node.store.block(block_hash)
+    assert second in block.txs and node.store.hash_at(at) == block_hash
+    assert node.store.account(key(0).address) == Account(INITIAL_BALANCE - 1_002 - 503, 2)
+    assert node.store.account(key(1).address).balance == INITIAL_BALANCE + 1_000
+    assert node.store.account(key(2).address).balance == INITIAL_BALANCE + 500
+    wait_until(lambda: node.mempool_info()["size"] == 0, WAIT_S, message="the mempool to drop them")
+    mined = height(node)
+    wait_until(lambda: height(node) > mined, WAIT_S, message="mining to go on")
+
+    node.stop()
+    store = reopen(node)
+    try:
+        tip = store.tip()
+        assert tip.height > mined
+        assert store.state_digest() == replay_state_digest(store)
+        accounts = replay_accounts(store)
+        assert accounts[MINER].balance == tip.height * PARAMS.block_reward + 2 + 3
+        assert sum(a.balance for a in accounts.values()) == 4 * INITIAL_BALANCE + tip.height * PARAMS.block_reward
+    finally:
+        store.close()
+
+
+def test_submit_tx_refusals_carry_their_codes(start_node: Callable[..., Node]) -> None:
+    node = start_node(producer=False, mempool={"min_fee": 2})
+
+    def code(raw: bytes) -> Code:
+        with pytest.raises(ChainError) as info:
+            node.submit_tx(raw)
+        return info.value.code
+
+    good = transfer(0, 1, 10, nonce=0)
+    flipped_signature = good.raw[:-1] + bytes([good.raw[-1] ^ 1])
+    assert code(flipped_signature) == Code.BAD_SIGNATURE
+    amount_at = 1 + 32 + 8 + 8 + 20 + 7  # kind, sender, nonce, fee, recipient, low byte of amount
+    flipped_amount = good.raw[:amount_at] + bytes([good.raw[amount_at] ^ 1]) + good.raw[amount_at + 1 :]
+    assert code(flipped_amount) == Code.BAD_SIGNATURE
+    assert code(transfer(0, 1, 10, nonce=0, params=make_params(name="elsewhere")).raw) == Code.BAD_SIGNATURE
+    assert code(transfer(0, 1, 10, nonce=3).raw) == Code.WRONG_NONCE
+    assert code(transfer(0, 1, INITIAL_BALANCE, nonce=0).raw) == Code.INSUFFICIENT_FUNDS
+    assert code(transfer(5, 1, 10, nonce=0).raw) == Code.INSUFFICIENT_FUNDS  # an account with nothing
+    assert code(transfer(0, 1, 10, nonce=0, fee=1).raw) == Code.FEE_TOO_LOW
+    for junk in (good.raw[:-1], good.raw + b"\x00", b"", bytes([9]) + good.raw[1:]):
+        assert code(junk) == Code.BAD_ENCODING
+    assert node.submit_tx(good.raw) == good.id
+    assert code(good.raw) == Code.DUPLICATE
+    assert code(transfer(0, 1, 11, nonce=0, fee=2).raw) == Code.FEE_TOO_LOW  # replacing needs more
+    bond = sign_tx(key(1), PARAMS.network_id, kind=BOND, nonce=0, fee=2, amount=10)
+    assert code(bond.raw) == Code.BAD_BLOCK  # no Proof of Work block can hold a bond
+    assert node.mempool_info() == {"size": 1, "bytes": good.size}
+
+
+def test_a_transaction_no_block_can_hold_does_not_stall_mining(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    wait_until(lambda: height(node) >= 1, WAIT_S, message="the first block")
+    bond = sign_tx(key(1), PARAMS.network_id, kind=BOND, nonce=0, fee=50, amount=10)
+    with pytest.raises(ChainError):
+        node.submit_tx(bond.raw)
+    pay = transfer(1, 2, 10, nonce=0)
+    node.submit_tx(pay.raw)
+    wait_until(lambda: confirmed(node, pay.id), WAIT_S, message="the transfer to be confirmed")
+
+
+# --- the signature cache ----------------------------------------------------------------------------
+
+
+def test_a_transaction_verified_at_submission_is_not_verified_again_in_its_block(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    wait_until(lambda: height(node) >= 1, WAIT_S, message="the first block")
+    start = node.validation_stats()
+    pay = transfer(2, 3, 77, nonce=0)
+    node.submit_tx(pay.raw)
+    submitted = node.validation_stats()
+    assert submitted["verified"] == start["verified"] + 1
+    block_hash, _, _ = wait_until(lambda: confirmed(node, pay.id), WAIT_S, message="the transfer to be confirmed")
+
+    # The mined block comes back from a "peer": its transaction is found in the cache.
+    node.refs.validation.tell(BlockReceived(node.store.block_raw(block_hash), b"peer-1"))
+    after = node.validation_stats()  # answered after the block: one inbox, in order
+    assert after["verified"] == submitted["verified"]
+    assert after["cache_hits"] == submitted["cache_hits"] + 1
+
+    # A block with a transaction never seen costs a verification (the counter is live).
+    fresh = transfer(3, 2, 5, nonce=0)
+    tip = node.store.tip()
+    template = Header(HEADER_VERSION, tip.height + 1, tip.hash, merkle_root([fresh.id]), tip.timestamp_ms + 1,
+                      1, MINER, nonce_proof(0))
+    nonce = search_nonce(template.without_proof(), 1, 0, 10)
+    stranger = Block(template.with_proof(nonce_proof(nonce)), (fresh,))
+    node.refs.validation.tell(BlockReceived(stranger.raw, b"peer-1"))
+    later = node.validation_stats()
+    assert later["verified"] == after["verified"] + 1
+    assert later["cache_hits"] == after["cache_hits"]
+    # Its wrong difficulty is the storage actor's business: refused, the node goes on.
+    assert node.store.index_entry(stranger.hash) is None
+    mined = height(node)
+    wait_until(lambda: height(node) > mined, WAIT_S, message="mining to go on")
+
+
+# --- stopping -----------------------------------------------------------------------------------------
+
+
+def child_processes() -> list[str]:
+    """Command lines of this process's live children, from /proc."""
+    me = str(os.getpid())
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == me and fields[0] != "Z":
+            children.append(cmdline)
+    return children
+
+
+def node_children() -> list[str]:
+    # multiprocessing's resource tracker is started once per process, on first use of a
+    # spawn context, and serves it until exit: it is not the node's.
+    return [c for c in child_processes() if "resource_tracker" not in c]
+
+
+def test_stop_is_quick_and_leaves_no_threads_or_processes(start_node: Callable[..., Node]) -> None:
+    threads_before = set(threading.enumerate())
+    # Signatures in a process pool too (batch_min 1), so that both pools must be shut down.
+    node = start_node(validation={"workers": 1, "batch_min": 1})
+    wait_until(lambda: height(node) >= 1, WAIT_S, message="the first block")
+    node.submit_tx(transfer(0, 1, 5, nonce=0).raw)
+    assert node_children(), "the node runs its mining and verifying processes"
+
+    started = time.monotonic()
+    node.stop()
+    assert time.monotonic() - started < 5.0
+    node.stop()  # idempotent
+
+    lingering = [t for t in threading.enumerate() if t not in threads_before and t.is_alive() and not t.daemon]
+    assert lingering == []
+    wait_until(lambda: not any(t.is_alive() for t in threading.enumerate() if t not in threads_before),
+               10, message="the node's daemon threads to end")
+    assert multiprocessing.active_children() == []
+    assert node_children() == []
+    with pytest.raises(TimeoutError):
+        node.submit_tx(transfer(0, 1, 5, nonce=1).raw)
+
+
+def test_an_actor_failure_stops_the_node_with_its_reason(
+    start_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="actors")
+    node = start_node(producer=False)
+    assert not node.wait(0.05)
+    # The store closes under the storage actor: the next block it is told to add fails.
+    node.store.close()
+    block = ChainBuilder(PARAMS).mine()
+    node.refs.storage.tell(AddBlock(block, None))
+    assert node.wait(WAIT_S)
+    assert "storage" in node.stop_reason and "closed" in node.stop_reason
+    assert any("actor storage failed" in r.getMessage() for r in caplog.records)
+    started = time.monotonic()
+    node.stop()
+    assert time.monotonic() - started < 5.0
