@@ -1,8 +1,9 @@
 """Ed25519 keys and signatures (pycryptodome only) and human-readable addresses.
 
 Signature validity is a consensus rule, so there is exactly one verifier: pycryptodome's
-RFC 8032 mode. Its verdict on every C2SP/CCTV edge-case vector is pinned by a test, so a
-library upgrade that changes it fails loudly instead of splitting the network.
+RFC 8032 mode, plus one rule of ours: public keys of small order are refused (they verify
+forged signatures). The verdict on every C2SP/CCTV edge-case vector is pinned by a test, so
+a library upgrade that changes it fails loudly instead of splitting the network.
 
 Parsing a public key costs about as much as a verification, so parsed keys are cached.
 """
@@ -77,9 +78,14 @@ class SigningKey:
 @functools.lru_cache(maxsize=65536)
 def _verifier(public: bytes) -> object | None:
     try:
-        return eddsa.new(eddsa.import_public_key(public), "rfc8032")
+        key = eddsa.import_public_key(public)
     except ValueError:
         return None
+    if (key.pointQ * 8).is_point_at_infinity():
+        # A small-order key verifies forged signatures (the all-zero key accepts an all-zero
+        # signature on any message): whatever it "signs" proves nothing, so it signs nothing.
+        return None
+    return eddsa.new(key, "rfc8032")
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:

@@ -42,8 +42,17 @@ def _pow2_fixed16(frac: int) -> int:
     )
 
 
+MAX_SOLVETIME_INTERVALS = 6  # a solvetime counts as at most 6 intervals either way
+
+
 def asert_next(parent_difficulty: int, solvetime_ms: int, interval_ms: int, half_life_blocks: int,
                min_difficulty: int) -> int:
+    # Clamped (as LWMA does): when a whole cluster was off for an hour, one long solvetime
+    # must not drop the difficulty to the floor, or the miners coming back would get a burst
+    # of nearly free blocks while it climbs back. A lying timestamp is still bounded by the
+    # median-time and future rules well inside the clamp, so the exponent still telescopes.
+    bound = MAX_SOLVETIME_INTERVALS * interval_ms
+    solvetime_ms = max(-bound, min(bound, solvetime_ms))
     exponent = ((interval_ms - solvetime_ms) * 65536) // (interval_ms * half_life_blocks)
     shifts, frac = exponent >> 16, exponent & 0xFFFF
     if shifts >= 63:  # at least parent * 2**63: clamped to MAX_DIFFICULTY below in any case,
