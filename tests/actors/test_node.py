@@ -22,7 +22,7 @@ from actors.node import Node
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.errors import ChainError, Code
 from chain.pow import nonce_proof, search_nonce
-from chain.state import Account
+from chain.state import Account, state_digest
 from chain.tx import BOND, Transaction, sign_tx
 from peerledger.config import settings_from_dict
 from storage.store import Store
@@ -166,6 +166,49 @@ def test_a_transaction_no_block_can_hold_does_not_stall_mining(start_node: Calla
     pay = transfer(1, 2, 10, nonce=0)
     node.submit_tx(pay.raw)
     wait_until(lambda: confirmed(node, pay.id), WAIT_S, message="the transfer to be confirmed")
+
+
+# --- blocks from peers ---------------------------------------------------------------------------------
+
+
+def test_blocks_from_peers_confirm_and_reorganisations_return_transactions(start_node: Callable[..., Node]) -> None:
+    node = start_node(producer=False)
+    builder = ChainBuilder(PARAMS)
+    other = key(9).address
+
+    def feed(*blocks: Block) -> None:
+        for block in blocks:
+            node.refs.validation.tell(BlockReceived(block.raw, b"peer-1"))
+        wait_until(lambda: node.store.tip().hash == blocks[-1].hash, WAIT_S, message="the blocks to be connected")
+
+    def pending() -> Transaction | None:
+        return node.pending_tx(pay.id)
+
+    pay = builder.transfer(0, 1, 100, nonce=0, fee=2)
+    node.submit_tx(pay.raw)
+    assert pending() == pay
+    a1 = builder.mine([pay])
+    a2 = builder.mine()
+    feed(a1, a2)
+    assert pending() is None and node.mempool_info()["size"] == 0  # confirmed: out of the pool
+    assert confirmed(node, pay.id) == (a1.hash, 1, 0)
+
+    # A heavier branch without it: the transaction is pending again, not lost.
+    b = [builder.mine(parent=builder.genesis.hash, producer=other)]
+    for _ in range(2):
+        b.append(builder.mine(parent=b[-1].hash, producer=other))
+    feed(*b)
+    assert confirmed(node, pay.id) is None
+    wait_until(lambda: pending() == pay, WAIT_S, message="the transaction to return to the mempool")
+    assert node.mempool_info(key(0).address)["next_nonce"] == 1
+
+    # And back: confirmed again, gone from the pool again.
+    a3 = builder.mine(parent=a2.hash)
+    a4 = builder.mine(parent=a3.hash)
+    feed(a3, a4)
+    assert confirmed(node, pay.id) == (a1.hash, 1, 0)
+    wait_until(lambda: pending() is None, WAIT_S, message="the transaction to leave the mempool")
+    assert node.store.state_digest() == state_digest(builder.state(a4.hash).items())
 
 
 # --- the signature cache ----------------------------------------------------------------------------
