@@ -110,6 +110,26 @@ def assert_state(store: Store, builder: ChainBuilder, tip_hash: bytes) -> None:
     assert digest == state_digest(store.iter_accounts())
     assert tip.state_hash == state_hash_hex(digest)
     assert dict(store.iter_accounts()) == expected
+    assert tip.tx_count == main_chain_tx_count(store)
+
+
+def assert_tx_index(store: Store, known: list[Block]) -> None:
+    """Every transaction of the main chain is found where it is; any other is not found."""
+    on_main = {}
+    for height in range(store.tip().height + 1):
+        block = store.block(store.hash_at(height))
+        for position, tx in enumerate(block.txs):
+            on_main[tx.id] = (block.hash, height, position)
+    for txid, where in on_main.items():
+        assert store.tx_location(txid) == where
+    for block in known:
+        for tx in block.txs:
+            if tx.id not in on_main:
+                assert store.tx_location(tx.id) is None
+
+
+def main_chain_tx_count(store: Store) -> int:
+    return sum(len(store.block(store.hash_at(h)).txs) for h in range(store.tip().height + 1))
 
 
 @pytest.fixture
@@ -731,6 +751,7 @@ def test_store_follows_the_heaviest_valid_branch(ops: list[tuple[str, int, int]]
             invalid: set[bytes] = set()  # refused: known to be invalid
             unchecked: set[bytes] = set()  # invalid, but stored without a state check while light
             tip = side_head = genesis
+            known: list[Block] = []  # every block offered, valid or not
             for kind, pick, shape in ops:
                 # On the tip, on any earlier block (starting a branch), or on the head of the last
                 # branch started (which grows until it overtakes the main chain).
@@ -744,6 +765,7 @@ def test_store_follows_the_heaviest_valid_branch(ops: list[tuple[str, int, int]]
                     else:
                         bad = builder.transfer(shape % 4, 1, state[sender].balance, nonce=state[sender].nonce)
                     block = builder.mine([bad], parent=parent, producer=producer, allow_invalid=True)
+                    known.append(block)
                     heavier = weight[parent] + block.header.difficulty > weight[tip]
                     if block.hash in unchecked:
                         assert add(store, block).status == "duplicate"
@@ -758,6 +780,7 @@ def test_store_follows_the_heaviest_valid_branch(ops: list[tuple[str, int, int]]
                 else:
                     transfers = [((shape + i) % 4, (shape + 2 * i + 1) % 6, 1 + shape % 97) for i in range(shape % 3)]
                     block = builder.mine(transfers=transfers, parent=parent, producer=producer)
+                    known.append(block)
                     result = add(store, block)
                     if block.hash in weight:
                         assert result.status == "duplicate"
@@ -773,6 +796,8 @@ def test_store_follows_the_heaviest_valid_branch(ops: list[tuple[str, int, int]]
                             assert result.status == "side_branch"
                     event(f"valid block: {result.status}")
                 assert store.tip().hash == tip
+                assert store.tip().tx_count == main_chain_tx_count(store)
+                assert_tx_index(store, known)
                 assert store.state_digest() == replay_state_digest(store)
                 assert store.state_digest() == state_digest(builder.state(tip).items())
         finally:
