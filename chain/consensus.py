@@ -22,6 +22,7 @@ class HeaderContext:
     parent: Header
     grandparent: Header | None  # None when the parent is genesis
     recent_timestamps: tuple[int, ...]  # up to median_time_span timestamps ending at parent's
+    epoch_seed: bytes = b""  # Proof of Stake: hash seeding eligibility for the child (see chain.pos)
 
     @property
     def median_time_past(self) -> int:
@@ -79,10 +80,14 @@ def better_tip(candidate_weight: int, current_weight: int) -> bool:
 
 
 def engine_for(params: ChainParams) -> ConsensusEngine:
-    from chain.params import POW
+    from chain.params import POS, POW
 
     if params.consensus == POW:
         from chain.pow import ProofOfWork
 
         return ProofOfWork(params)
+    if params.consensus == POS:
+        from chain.pos import ProofOfStake
+
+        return ProofOfStake(params)
     raise ChainError(Code.BAD_GENESIS, f"consensus {params.consensus!r} is not available in this version")

@@ -36,6 +36,7 @@ class Code(enum.Enum):
     REORG_TOO_DEEP = ("reorg_too_deep", False)
     INVALID_ANCESTOR = ("invalid_ancestor", True)
     BAD_GENESIS = ("bad_genesis", False)
+    BAD_EVIDENCE = ("bad_evidence", True)
 
     def __init__(self, text: str, penalise: bool) -> None:
         self.text = text

@@ -36,6 +36,8 @@ class ChainParams:
     max_future_ms: int = 15_000  # a block may be this far ahead of network time
     max_reorg_depth: int = 100  # deeper reorganisations are refused: finality
     unbonding_delay: int = 20  # blocks between unbond and spendable (Proof of Stake)
+    slot_ms: int = 1000  # Proof of Stake: time is cut into slots; at most one block per slot
+    epoch_length: int = 32  # Proof of Stake: blocks per epoch; eligibility draws on an older epoch's hash
     stakes: tuple[tuple[bytes, int], ...] = ()  # (address, stake) bonded at genesis (PoS)
     network_id: bytes = field(default=b"", compare=False)
 
@@ -72,6 +74,8 @@ def check_params(p: ChainParams) -> None:
         ("max_future_ms", p.max_future_ms, 0, 86_400_000),
         ("max_reorg_depth", p.max_reorg_depth, 1, 1_000_000),
         ("unbonding_delay", p.unbonding_delay, 0, 1_000_000),
+        ("slot_ms", p.slot_ms, 100, 3_600_000),
+        ("epoch_length", p.epoch_length, 1, 100_000),
     ]
     for name, value, low, high in checks:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -115,6 +119,8 @@ def encode_params(p: ChainParams) -> bytes:
         p.max_future_ms,
         p.max_reorg_depth,
         p.unbonding_delay,
+        p.slot_ms,
+        p.epoch_length,
     ):
         w.u64(value)
     for entries in (p.allocations, p.stakes):

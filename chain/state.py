@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from chain.encoding import sha256
 from chain.errors import ChainError, Code, DecodeError
 from chain.keys import address_of
-from chain.tx import BOND, MAX_AMOUNT, TRANSFER, UNBOND, Transaction
+from chain.tx import BOND, EVIDENCE, MAX_AMOUNT, TRANSFER, UNBOND, Transaction
 
-_ACCOUNT = struct.Struct(">QQQQQ")
+_ACCOUNT = struct.Struct(">QQQQQQ")
 ACCOUNT_SIZE = _ACCOUNT.size
 _DIGEST_MOD = 2**256
 
@@ -29,13 +29,14 @@ class Account:
     stake: int = 0  # bonded, earning the right to produce blocks (Proof of Stake)
     unbonding: int = 0  # leaving stake, spendable from `unbonding_height`
     unbonding_height: int = 0
+    slashed_slot: int = 0  # last slot this account was slashed for: evidence is used once
 
 
 EMPTY = Account()
 
 
 def encode_account(a: Account) -> bytes:
-    return _ACCOUNT.pack(a.balance, a.nonce, a.stake, a.unbonding, a.unbonding_height)
+    return _ACCOUNT.pack(a.balance, a.nonce, a.stake, a.unbonding, a.unbonding_height, a.slashed_slot)
 
 
 def decode_account(data: bytes) -> Account:
@@ -55,12 +56,25 @@ GetAccount = Callable[[bytes], "Account | None"]
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a valid double-signing proof establishes: who signed twice, and for which slot."""
+
+    offender: bytes  # address
+    slot: int
+
+
+SLASH_REPORTER_PERCENT = 10  # of the slashed stake, to whoever submits the evidence; the rest is burnt
+
+
+@dataclass(frozen=True, slots=True)
 class TxContext:
     """What a transaction's effect may depend on besides the accounts."""
 
     height: int  # height of the block that includes it
     unbonding_delay: int = 0
-    staking: bool = False  # bond and unbond are valid only on a Proof of Stake network
+    staking: bool = False  # bond, unbond and evidence are valid only on a Proof of Stake network
+    # Checks an evidence payload (two headers) and says who it convicts; raises ChainError.
+    check_evidence: Callable[[bytes], Evidence] | None = None
 
 
 def _add(a: int, b: int, what: str) -> int:
@@ -87,47 +101,70 @@ def apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> dict[bytes, Ac
 
     The fee is debited here and credited to the producer by `apply_block`.
     """
+    return _apply_tx(get, tx, ctx)[0]
+
+
+def _apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> tuple[dict[bytes, Account], int]:
+    """The accounts a transaction changes, and the coins it burns (slashing)."""
     sender_addr = address_of(tx.sender)
     sender = get(sender_addr) or EMPTY
     if tx.nonce != sender.nonce:
         raise ChainError(
             Code.WRONG_NONCE, f"nonce {tx.nonce} but account {sender_addr.hex()[:8]} expects {sender.nonce}"
         )
-    balance = sender.balance
     if sender.unbonding and ctx.height >= sender.unbonding_height:
-        balance = _add(balance, sender.unbonding, "balance")
-        sender = Account(balance, sender.nonce, sender.stake, 0, 0)
+        released = _add(sender.balance, sender.unbonding, "balance")
+        sender = replace(sender, balance=released, unbonding=0, unbonding_height=0)
+    balance = sender.balance
     cost = tx_cost(tx)
     if cost > MAX_AMOUNT:
         raise ChainError(Code.BAD_AMOUNT, "amount plus fee would overflow")
     if cost > balance:
         raise ChainError(Code.INSUFFICIENT_FUNDS, f"needs {cost}, account holds {balance}")
-    nonce = sender.nonce + 1
+    sender = replace(sender, balance=balance - cost, nonce=sender.nonce + 1)
     if tx.kind == TRANSFER:
-        sender = Account(balance - cost, nonce, sender.stake, sender.unbonding, sender.unbonding_height)
         if tx.recipient == sender_addr:
-            return {sender_addr: Account(sender.balance + tx.amount, *_rest(sender))}
+            return {sender_addr: replace(sender, balance=sender.balance + tx.amount)}, 0
         recipient = get(tx.recipient) or EMPTY
-        return {
-            sender_addr: sender,
-            tx.recipient: Account(_add(recipient.balance, tx.amount, "recipient balance"), *_rest(recipient)),
-        }
+        credited = replace(recipient, balance=_add(recipient.balance, tx.amount, "recipient balance"))
+        return {sender_addr: sender, tx.recipient: credited}, 0
     if not ctx.staking:
         raise ChainError(Code.BAD_BLOCK, "staking transactions are not valid on this network")
     if tx.kind == BOND:
-        stake = _add(sender.stake, tx.amount, "stake")
-        return {sender_addr: Account(balance - cost, nonce, stake, sender.unbonding, sender.unbonding_height)}
+        return {sender_addr: replace(sender, stake=_add(sender.stake, tx.amount, "stake"))}, 0
     if tx.kind == UNBOND:
         if tx.amount > sender.stake:
             raise ChainError(Code.INSUFFICIENT_FUNDS, f"unbonds {tx.amount}, stake is {sender.stake}")
         unbonding = _add(sender.unbonding, tx.amount, "unbonding")
         release = ctx.height + ctx.unbonding_delay
-        return {sender_addr: Account(balance - cost, nonce, sender.stake - tx.amount, unbonding, release)}
+        return {
+            sender_addr: replace(
+                sender, stake=sender.stake - tx.amount, unbonding=unbonding, unbonding_height=release
+            )
+        }, 0
+    if tx.kind == EVIDENCE:
+        return _slash(get, tx, ctx, sender_addr, sender)
     raise ChainError(Code.BAD_BLOCK, f"transaction kind {tx.kind} is not handled by this network")
 
 
-def _rest(a: Account) -> tuple[int, int, int, int]:
-    return (a.nonce, a.stake, a.unbonding, a.unbonding_height)
+def _slash(
+    get: GetAccount, tx: Transaction, ctx: TxContext, sender_addr: bytes, sender: Account
+) -> tuple[dict[bytes, Account], int]:
+    """Double signing proven: the offender loses all its stake, bonded and unbonding."""
+    if ctx.check_evidence is None:
+        raise ChainError(Code.BAD_BLOCK, "evidence is not valid on this network")
+    evidence = ctx.check_evidence(tx.payload)
+    offender = sender if evidence.offender == sender_addr else (get(evidence.offender) or EMPTY)
+    slashed = offender.stake + offender.unbonding
+    if evidence.slot <= offender.slashed_slot or slashed == 0:
+        raise ChainError(Code.DUPLICATE, "this staker was already slashed for that slot, or has no stake")
+    reward = slashed * SLASH_REPORTER_PERCENT // 100
+    offender = replace(offender, stake=0, unbonding=0, unbonding_height=0, slashed_slot=evidence.slot)
+    if evidence.offender == sender_addr:
+        sender = offender
+    sender = replace(sender, balance=_add(sender.balance, reward, "reporter balance"))
+    updates = {evidence.offender: offender, sender_addr: sender}
+    return updates, slashed - reward
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +175,7 @@ class StateChange:
     previous: Mapping[bytes, Account | None]
     fees: int
     minted: int
+    burned: int = 0  # slashed stake that went to nobody
 
 
 class Overlay:
@@ -169,15 +207,17 @@ def apply_block(get: GetAccount, txs: Iterable[Transaction], producer: bytes, re
     second one sees the state the first one left.
     """
     overlay = Overlay(get)
-    fees = 0
+    fees = burned = 0
     for tx in txs:
-        overlay.put(apply_tx(overlay.get, tx, ctx))
+        updates, burnt = _apply_tx(overlay.get, tx, ctx)
+        overlay.put(updates)
         fees += tx.fee
+        burned += burnt
     credit = reward + fees
     if credit:
         account = overlay.get(producer) or EMPTY
-        overlay.put({producer: Account(_add(account.balance, credit, "producer balance"), *_rest(account))})
-    return StateChange(overlay.changes, overlay.previous, fees, reward)
+        overlay.put({producer: replace(account, balance=_add(account.balance, credit, "producer balance"))})
+    return StateChange(overlay.changes, overlay.previous, fees, reward, burned)
 
 
 # --- the state hash --------------------------------------------------------------------

@@ -48,6 +48,7 @@ from chain.block import Block, Header, check_block_shape, decode_block, decode_h
 from chain.consensus import ConsensusEngine, HeaderContext, better_tip, check_header_context, engine_for
 from chain.errors import ChainError, Code
 from chain.params import POS, ChainParams, genesis_accounts, genesis_header
+from chain.pos import epoch_seed_height
 from chain.state import (
     Account,
     TxContext,
@@ -96,6 +97,16 @@ class Tip:
     timestamp_ms: int
     state_hash: str
     tx_count: int = 0  # transactions on the main chain up to this tip
+    total_stake: int = 0  # stake bonded in the state at this tip (Proof of Stake)
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """Running figures of the main chain, kept in meta and moved with every block."""
+
+    digest: int
+    tx_count: int
+    total_stake: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +193,7 @@ class Store:
         self._rw = _SharedLock()
         self._write_lock = threading.Lock()
         self._tip: Tip | None = None
-        self._digest = 0
+        self._totals = _Totals(0, 0, 0)
         self._staking = params.consensus == POS
 
     # --- opening and closing ---------------------------------------------------------
@@ -263,6 +274,8 @@ class Store:
             txn.put(address, encode_account(account), db=d["accounts"])
         txn.put(b"tip", header.hash, db=d["meta"])
         txn.put(b"digest", state_digest(accounts.items()).to_bytes(32, "big"), db=d["meta"])
+        txn.put(b"txcount", _U64.pack(0), db=d["meta"])
+        txn.put(b"total_stake", _U64.pack(sum(a.stake for a in accounts.values())), db=d["meta"])
 
     def _load_tip(self) -> None:
         d = self._dbs
@@ -279,11 +292,20 @@ class Store:
             if not txn.get(tip_hash, db=d["blocks"]):
                 raise StoreCorrupt(f"the store in {self.path} is damaged: the tip block is missing")
             tx_count = txn.get(b"txcount", db=d["meta"])
+            total_stake = txn.get(b"total_stake", db=d["meta"])
         header = decode_header(raw_header)
-        self._digest = int.from_bytes(digest, "big")
-        self._tip = Tip(
-            tip_hash, entry.height, entry.weight, header.timestamp_ms, state_hash_hex(self._digest),
+        self._totals = _Totals(
+            int.from_bytes(digest, "big"),
             _U64.unpack(tx_count)[0] if tx_count else 0,
+            _U64.unpack(total_stake)[0] if total_stake else 0,
+        )
+        self._tip = self._make_tip(tip_hash, entry, header, self._totals)
+
+    @staticmethod
+    def _make_tip(block_hash: bytes, entry: IndexEntry, header: Header, totals: _Totals) -> Tip:
+        return Tip(
+            block_hash, entry.height, entry.weight, header.timestamp_ms, state_hash_hex(totals.digest),
+            totals.tx_count, totals.total_stake,
         )
 
     # --- transactions ------------------------------------------------------------------
@@ -397,7 +419,19 @@ class Store:
             chain.append(decode_header(txn.get(chain[-1].prev_hash, db=headers)))
         grandparent = chain[1] if len(chain) > 1 and chain[1].height > 0 else None
         timestamps = tuple(h.timestamp_ms for h in chain[: self.params.median_time_span])
-        return HeaderContext(chain[0], grandparent, timestamps)
+        seed = self._epoch_seed(txn, chain[0]) if self._staking else b""
+        return HeaderContext(chain[0], grandparent, timestamps, seed)
+
+    def _epoch_seed(self, txn: lmdb.Transaction, parent: Header) -> bytes:
+        """Hash of the ancestor that seeds eligibility for a child of `parent` (chain.pos)."""
+        target = epoch_seed_height(parent.height + 1, self.params.epoch_length)
+        block_hash, header = parent.hash, parent
+        if txn.get(_U64.pack(parent.height), db=self._dbs["main"]) == parent.hash:
+            return txn.get(_U64.pack(target), db=self._dbs["main"])  # on the main chain: one lookup
+        while header.height > target:
+            block_hash = header.prev_hash
+            header = decode_header(txn.get(block_hash, db=self._dbs["headers"]))
+        return block_hash
 
     def locator(self) -> list[bytes]:
         """Main-chain hashes at exponentially spaced heights back from the tip (Bitcoin's locator)."""
@@ -423,7 +457,7 @@ class Store:
             return out
 
     def state_digest(self) -> int:
-        return self._digest
+        return self._totals.digest
 
     # --- writing: blocks -----------------------------------------------------------------
 
@@ -462,12 +496,12 @@ class Store:
             self._write(lambda txn: self._store_side(txn, block, entry))
             return AddResult("side_branch", tip)
         try:
-            result, digest = self._write(lambda txn: self._switch_to(txn, block, entry))
+            result, totals = self._write(lambda txn: self._switch_to(txn, block, entry))
         except _BranchInvalid as bad:
             self._write(lambda txn: self._store_invalid(txn, block, bad.block_hash, bad.descendants))
             raise bad.error from None
         # Committed: only now does the in-memory view move.
-        self._digest = digest
+        self._totals = totals
         self._tip = result.tip
         return result
 
@@ -504,7 +538,7 @@ class Store:
 
         self._write(body)
 
-    def _switch_to(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> tuple[AddResult, int]:
+    def _switch_to(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> tuple[AddResult, _Totals]:
         """Store `block` and make its branch the main chain, all inside `txn`."""
         d = self._dbs
         tip = self.tip()
@@ -529,49 +563,55 @@ class Store:
                 "refusing a reorganisation of depth %d (limit %d) to block %s at height %d",
                 depth, self.params.max_reorg_depth, block.hash.hex()[:16], block.height,
             )
-            return AddResult("reorg_refused", tip), self._digest
-        digest = self._digest
+            return AddResult("reorg_refused", tip), self._totals
+        totals = self._totals
         disconnected = []
         for height in range(tip.height, fork_height, -1):
             old_hash = txn.get(_U64.pack(height), db=d["main"])
             old_block = decode_block(txn.get(old_hash, db=d["blocks"]))
-            digest = self._disconnect(txn, old_block, digest)
+            totals = self._disconnect(txn, old_block, totals)
             disconnected.append(old_block)
         connected = []
         order = branch[::-1]
         for position, block_hash in enumerate(order):
             new_block = block if block_hash == block.hash else decode_block(txn.get(block_hash, db=d["blocks"]))
             try:
-                digest = self._connect(txn, new_block, digest)
+                totals = self._connect(txn, new_block, totals)
             except ChainError as e:
                 raise _BranchInvalid(block_hash, e, tuple(order[position + 1 : -1])) from None
             connected.append(new_block)
-        tx_count = tip.tx_count + sum(len(b.txs) for b in connected) - sum(len(b.txs) for b in disconnected)
         txn.put(b"tip", block.hash, db=d["meta"])
-        txn.put(b"digest", digest.to_bytes(32, "big"), db=d["meta"])
-        txn.put(b"txcount", _U64.pack(tx_count), db=d["meta"])
-        new_tip = Tip(
-            block.hash, block.height, entry.weight, block.header.timestamp_ms, state_hash_hex(digest), tx_count
-        )
+        txn.put(b"digest", totals.digest.to_bytes(32, "big"), db=d["meta"])
+        txn.put(b"txcount", _U64.pack(totals.tx_count), db=d["meta"])
+        txn.put(b"total_stake", _U64.pack(totals.total_stake), db=d["meta"])
+        new_tip = self._make_tip(block.hash, entry, block.header, totals)
         status = "connected" if not disconnected else "reorganized"
         if disconnected:
             log.info(
                 "reorganised: %d blocks disconnected, %d connected, new tip %s at %d",
                 len(disconnected), len(connected), block.hash.hex()[:16], block.height,
             )
-        return AddResult(status, new_tip, tuple(connected), tuple(disconnected)), digest
+        return AddResult(status, new_tip, tuple(connected), tuple(disconnected)), totals
 
     def _get_account(self, txn: lmdb.Transaction, address: bytes) -> Account | None:
         raw = txn.get(address, db=self._dbs["accounts"])
         return decode_account(raw) if raw else None
 
-    def _connect(self, txn: lmdb.Transaction, block: Block, digest: int) -> int:
+    def _connect(self, txn: lmdb.Transaction, block: Block, totals: _Totals) -> _Totals:
         d = self._dbs
         header = block.header
-        ctx = TxContext(header.height, self.params.unbonding_delay, self._staking)
-        change = apply_block(
-            lambda a: self._get_account(txn, a), block.txs, header.producer, self.params.block_reward, ctx
+        get = lambda address: self._get_account(txn, address)  # noqa: E731
+        if self._staking:
+            staker = get(header.producer)
+            ctx = self._header_context(txn, header.prev_hash)
+            self.engine.check_stake(header, ctx, staker.stake if staker else 0, totals.total_stake)
+        tx_ctx = TxContext(
+            header.height,
+            self.params.unbonding_delay,
+            self._staking,
+            self.engine.check_evidence if self._staking else None,
         )
+        change = apply_block(get, block.txs, header.producer, self.params.block_reward, tx_ctx)
         for address, account in change.updated.items():
             txn.put(address, encode_account(account), db=d["accounts"])
         txn.put(block.hash, encode_undo(change.previous), db=d["undo"])
@@ -579,9 +619,13 @@ class Store:
         txn.delete(_U64.pack(header.height) + block.hash, db=d["side"])
         for position, tx in enumerate(block.txs):
             txn.put(tx.id, _TXLOC.pack(block.hash, position), db=d["txindex"])
-        return digest_update(digest, change.previous, change.updated)
+        return _Totals(
+            digest_update(totals.digest, change.previous, change.updated),
+            totals.tx_count + len(block.txs),
+            totals.total_stake + _stake_delta(change.previous, change.updated),
+        )
 
-    def _disconnect(self, txn: lmdb.Transaction, block: Block, digest: int) -> int:
+    def _disconnect(self, txn: lmdb.Transaction, block: Block, totals: _Totals) -> _Totals:
         d = self._dbs
         raw_undo = txn.get(block.hash, db=d["undo"])
         if raw_undo is None:
@@ -600,7 +644,12 @@ class Store:
             loc = txn.get(tx.id, db=d["txindex"])
             if loc is not None and loc[:32] == block.hash:
                 txn.delete(tx.id, db=d["txindex"])
-        return digest_undo(digest, previous, {a: acc for a, acc in current.items() if acc is not None})
+        present = {a: acc for a, acc in current.items() if acc is not None}
+        return _Totals(
+            digest_undo(totals.digest, previous, present),
+            totals.tx_count - len(block.txs),
+            totals.total_stake - _stake_delta(previous, present),
+        )
 
     # --- headers-first sync --------------------------------------------------------------
 
@@ -758,6 +807,11 @@ class Store:
             return len(doomed)
 
         return self._write(body)
+
+
+def _stake_delta(previous: dict, updated: dict) -> int:
+    """How much bonded stake a change adds (negative when it removes)."""
+    return sum(a.stake for a in updated.values()) - sum(a.stake for a in previous.values() if a is not None)
 
 
 class _BranchInvalid(Exception):

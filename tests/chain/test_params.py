@@ -54,6 +54,8 @@ FIELD_CHANGES = {
     "max_future_ms": 15_001,
     "max_reorg_depth": 101,
     "unbonding_delay": 21,
+    "slot_ms": 1_001,
+    "epoch_length": 33,
     "stakes": ((C, 5),),
 }
 
@@ -101,7 +103,7 @@ def test_stake_order_does_not_matter():
         assert params(stakes=tuple(order)).network_id == params(stakes=((A, 1), (B, 2), (C, 3))).network_id
 
 
-PINNED_ID = "c140f051d3ba38589e397434c0fc53e9c267578ef78f91194512183571274c41"
+PINNED_ID = "64502e61d330a7ac30b266f0ac842682b07d3e0299acfd013342b4c2650cad7b"
 
 
 def test_network_id_is_stable():

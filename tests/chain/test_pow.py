@@ -208,11 +208,12 @@ def test_engine_for_selects_pow_and_weight_is_difficulty():
     assert better_tip(11, 10) and not better_tip(10, 10) and not better_tip(9, 10)
 
 
-def test_engine_for_refuses_unavailable_consensus():
-    params = make_params(consensus="pos", stakes=((b"\x01" * 20, 10),))
-    with pytest.raises(ChainError) as err:
-        engine_for(params)
-    assert err.value.code is Code.BAD_GENESIS
+def test_engine_for_picks_the_genesis_consensus():
+    from chain.pos import ProofOfStake
+    from chain.pow import ProofOfWork
+
+    assert isinstance(engine_for(make_params()), ProofOfWork)
+    assert isinstance(engine_for(make_params(consensus="pos", stakes=((b"\x01" * 20, 10),))), ProofOfStake)
 
 
 # --- proofs ------------------------------------------------------------------------------
