@@ -410,13 +410,17 @@ class Store:
             return self._header_context(txn, parent_hash)
 
     def _header_context(self, txn: lmdb.Transaction, parent_hash: bytes) -> HeaderContext | None:
+        """None when the parent, or one of the ancestors needed, is not stored (or was pruned)."""
         headers = self._dbs["headers"]
         raw = txn.get(parent_hash, db=headers)
         if raw is None:
             return None
         chain = [decode_header(raw)]  # parent, grandparent, ... back to genesis at most
         while len(chain) < max(self.params.median_time_span, 2) and chain[-1].height > 0:
-            chain.append(decode_header(txn.get(chain[-1].prev_hash, db=headers)))
+            raw = txn.get(chain[-1].prev_hash, db=headers)
+            if raw is None:  # a dead branch whose root prune_side_branches forgot
+                return None
+            chain.append(decode_header(raw))
         grandparent = chain[1] if len(chain) > 1 and chain[1].height > 0 else None
         timestamps = tuple(h.timestamp_ms for h in chain[: self.params.median_time_span])
         seed = self._epoch_seed(txn, chain[0]) if self._staking else b""
@@ -487,7 +491,8 @@ class Store:
             raise ChainError(Code.INVALID_ANCESTOR, f"block {header.hash.hex()[:16]} descends from an invalid block")
         if not parent.has_block:
             raise ChainError(Code.UNKNOWN_PARENT, f"parent {header.prev_hash.hex()[:16]} has no block yet")
-        assert ctx is not None
+        if ctx is None:
+            raise ChainError(Code.UNKNOWN_PARENT, f"the ancestors of {header.prev_hash.hex()[:16]} are not stored")
         check_header_context(self.engine, header, ctx, now_ms)
         check_block_shape(block, self.params.max_block_bytes, self.params.max_block_txs)
         entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), HAVE_BLOCK)
@@ -678,6 +683,8 @@ class Store:
                 if parent.invalid:
                     raise ChainError(Code.INVALID_ANCESTOR, f"header {header.hash.hex()[:16]} extends an invalid one")
                 ctx = self._header_context(txn, header.prev_hash)
+                if ctx is None:
+                    raise ChainError(Code.UNKNOWN_PARENT, f"ancestors of header {header.hash.hex()[:16]} are not stored")
                 check_header_context(self.engine, header, ctx, now_ms)
                 entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), 0)
                 txn.put(header.hash, header.raw, db=d["headers"])
