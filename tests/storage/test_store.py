@@ -584,6 +584,34 @@ def test_prune_side_branches_forgets_what_can_never_win(tmp_path: Path) -> None:
         store.close()
 
 
+def test_headers_and_blocks_on_a_pruned_branch_are_orphans_not_a_crash(tmp_path: Path) -> None:
+    builder = ChainBuilder(make_params(max_reorg_depth=3))
+    store = Store.open(tmp_path / "node", builder.params)
+    try:
+        main = builder.mine_many(8)
+        side = [builder.mine(parent=main[0].hash, producer=SIDE)]
+        for _ in range(5):
+            side.append(builder.mine(parent=side[-1].hash, producer=SIDE))
+        for block in main[:2]:
+            add(store, block)
+        # The branch's first block is stored; three more are known by their headers only
+        # (headers-first sync), the last of them above the pruning limit to come.
+        assert add(store, side[0]).status == "side_branch"
+        assert store.add_headers([b.header for b in side[1:4]], side[3].header.timestamp_ms) == side[3].header
+        for block in main[2:]:
+            add(store, block)
+        assert store.prune_side_branches() == 1
+        far_future = side[-1].header.timestamp_ms
+        with pytest.raises(ChainError) as info:
+            store.add_headers([side[4].header], far_future)
+        assert info.value.code == Code.UNKNOWN_PARENT
+        for block in side[3:]:
+            assert refused(store, block) == Code.UNKNOWN_PARENT
+        assert_state(store, builder, main[-1].hash)
+    finally:
+        store.close()
+
+
 # --- the map grows while readers read ------------------------------------------------------------
 
 
