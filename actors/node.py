@@ -25,11 +25,13 @@ from actors.mempool import MempoolActor
 from actors.messages import AddTxs, CheckTx, MempoolQuery, Tick
 from actors.network import NetworkActor
 from actors.producer import ProducerActor
+from actors.staker import StakerActor
 from actors.storage import StorageActor
 from actors.sync import SyncActor
 from actors.validation import ValidationActor
 from chain.errors import ChainError
-from chain.params import ChainParams
+from chain.keys import SigningKey
+from chain.params import POS, ChainParams
 from storage.store import Store
 from transport.keys import key_from_hex
 from transport.loop import Transport
@@ -49,11 +51,13 @@ class Node:
         *,
         reward_address: bytes,
         node_keys: tuple[bytes, bytes] | None = None,
+        staking_key: SigningKey | None = None,
     ) -> None:
         self.settings = settings
         self.params = params
         self.reward_address = reward_address
         self.node_keys = node_keys  # (public, secret) CURVE keys; needed with the network on
+        self.staking_key = staking_key  # signs blocks on a Proof of Stake network
         self.transport: Transport | None = None
         self.refs = ActorDirectory()
         self.store: Store | None = None
@@ -90,7 +94,13 @@ class Node:
                 batch_min=s.validation.batch_min,
                 cache_size=s.validation.cache_size,
             )
-            if s.producer.enabled and s.producer.workers > 0:
+            if s.producer.enabled and self.params.consensus == POS:
+                if self.staking_key is None:
+                    raise ValueError("staking on a Proof of Stake network needs the wallet key")
+                self.refs.producer = StakerActor.start(
+                    self, self.refs, self.store, self.clock, self.params, key=self.staking_key
+                )
+            elif s.producer.enabled and s.producer.workers > 0:
                 self.refs.producer = ProducerActor.start(
                     self,
                     self.refs,

@@ -123,6 +123,18 @@ def _reward_address(settings: Settings) -> bytes:
     return keyfiles.wallet_address(settings.node.data_dir, keyfiles.DEFAULT_WALLET)
 
 
+def _staking_key(settings: Settings) -> Any:
+    """On Proof of Stake the node signs blocks with its default wallet's key."""
+    data_dir = settings.node.data_dir
+    encrypted = keyfiles.wallet_is_encrypted(data_dir, keyfiles.DEFAULT_WALLET)
+    if encrypted and PASSPHRASE_ENV not in os.environ:
+        raise CliError(
+            f"staking needs the default wallet's key, which is encrypted: set {PASSPHRASE_ENV} "
+            f"(or set [producer] enabled = false to run without staking)"
+        )
+    return keyfiles.load_wallet(data_dir, keyfiles.DEFAULT_WALLET, os.environ.get(PASSPHRASE_ENV) if encrypted else None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from actors.node import Node
     from peerledger.api import Api, ApiServer
@@ -131,7 +143,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings, params = _load(args)
     setup_logging(settings.node.log_level, settings.node.name)
     public, secret = keyfiles.load_node_key(settings.node.data_dir)
-    node = Node(settings, params, reward_address=_reward_address(settings), node_keys=(public, secret))
+    staking_key = _staking_key(settings) if params.consensus == "pos" and settings.producer.enabled else None
+    node = Node(
+        settings,
+        params,
+        reward_address=_reward_address(settings),
+        node_keys=(public, secret),
+        staking_key=staking_key,
+    )
 
     def on_signal(signum: int, _frame: Any) -> None:
         node.request_stop(f"received {signal.Signals(signum).name}")
