@@ -27,9 +27,9 @@ from actors.directory import ActorDirectory
 from actors.messages import AddTxs, BlockTemplateTxs, MempoolQuery, Tick, TipChanged, TxRejected, TxsAccepted, WantTxs
 from chain.errors import ChainError, Code
 from chain.keys import address_of
-from chain.state import EMPTY, Account, spendable, tx_cost
 from chain.params import POS
-from chain.tx import BOND, TRANSFER, UNBOND, Transaction
+from chain.state import EMPTY, Account, Overlay, TxContext, apply_tx, spendable, tx_cost
+from chain.tx import Transaction
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,12 @@ class TxPool:
         max_per_sender: int,
         expiry_ms: int,
         next_height: Callable[[], int] = lambda: 0,
-        staking: bool = False,
+        tx_context: Callable[[], TxContext] | None = None,
     ) -> None:
         self.get_account = get_account
-        # Kinds a block of this network can hold (chain.state.apply_tx): anything else would
-        # make every block template that includes it invalid.
-        self.kinds = frozenset({TRANSFER, BOND, UNBOND} if staking else {TRANSFER})
+        # The context of the next block, in which every admitted transaction must apply
+        # (chain.state.apply_tx); default: a Proof of Work network's.
+        self.tx_context = tx_context or (lambda: TxContext(self.next_height()))
         self.max_bytes = max_bytes
         self.min_fee = min_fee
         self.max_per_sender = max_per_sender
@@ -91,8 +91,6 @@ class TxPool:
             raise ChainError(Code.DUPLICATE, f"transaction {tx.id.hex()[:16]} is already pending")
         if tx.fee < self.min_fee:
             raise ChainError(Code.FEE_TOO_LOW, f"fee {tx.fee} is below this node's minimum of {self.min_fee}")
-        if tx.kind not in self.kinds:
-            raise ChainError(Code.BAD_BLOCK, f"transactions of kind {tx.kind} are not valid on this network")
         sender = address_of(tx.sender)
         account = self.get_account(sender) or EMPTY
         run = self.by_sender.get(sender, [])
@@ -121,6 +119,14 @@ class TxPool:
                 Code.INSUFFICIENT_FUNDS,
                 f"account holds {spendable(account, self.next_height())}, pending spending would be {sum(costs)}",
             )
+        # Every rule a block applies, after the sender's earlier pending transactions: a kind
+        # the network does not hold, an unbond beyond the stake... would otherwise make every
+        # block template that includes it invalid, and stall production.
+        overlay = Overlay(self.get_account)
+        ctx = self.tx_context()
+        for earlier in run[:position]:
+            overlay.put(apply_tx(overlay.get, earlier.tx, ctx))
+        apply_tx(overlay.get, tx, ctx)
         freed = replaced.tx.size if replaced else 0
         evicted = self._make_room(tx, sender, tx.size - freed)
         entry = Entry(tx, sender, now_ms)
@@ -260,7 +266,16 @@ class MempoolActor(NodeActor):
             max_per_sender=max_per_sender,
             expiry_ms=expiry_s * 1000,
             next_height=lambda: store.tip().height + 1,
-            staking=store.params.consensus == POS,
+            tx_context=self._tx_context,
+        )
+
+    def _tx_context(self) -> TxContext:
+        params, staking = self.store.params, self.store.params.consensus == POS
+        return TxContext(
+            self.store.tip().height + 1,
+            params.unbonding_delay,
+            staking,
+            self.store.engine.check_evidence if staking else None,
         )
 
     def on_receive(self, message: object) -> object:
