@@ -14,7 +14,7 @@ from actors.mempool import TxPool
 from chain.errors import ChainError, Code
 from chain.keys import address_of
 from chain.state import Account, TxContext, apply_block, tx_cost
-from chain.tx import BOND, EVIDENCE, TRANSFER, Transaction, sign_tx
+from chain.tx import BOND, EVIDENCE, TRANSFER, UNBOND, Transaction, sign_tx
 from tests.chainbuilder import key
 
 NETWORK = bytes(range(32))
@@ -37,7 +37,7 @@ class Ledger(dict):
         self[addr(sender)] = Account(balance=balance, nonce=nonce)
 
 
-def make_pool(ledger: Ledger, **overrides: int) -> TxPool:
+def make_pool(ledger: Ledger, **overrides: object) -> TxPool:
     options = dict(max_bytes=1_000_000, min_fee=1, max_per_sender=16, expiry_ms=60_000)
     options.update(overrides)
     return TxPool(ledger.get, **options)
@@ -198,7 +198,9 @@ def test_max_per_sender() -> None:
     check_invariants(pool, ledger)
 
 
-def test_staking_transactions_are_refused_where_blocks_could_not_hold_them() -> None:
+def test_transactions_no_block_could_hold_are_refused() -> None:
+    # A pending transaction that breaks a block rule would make every template that includes
+    # it invalid: the producer would mine invalid blocks until it expired.
     ledger = Ledger()
     ledger.fund(0)
     pool = make_pool(ledger)
@@ -207,13 +209,24 @@ def test_staking_transactions_are_refused_where_blocks_could_not_hold_them() -> 
         apply_block(ledger.get, [bond], PRODUCER, 0, TxContext(1))  # a PoW block cannot hold it
     assert refused(pool, bond) == Code.BAD_BLOCK
     evidence = sign_tx(key(0), NETWORK, kind=EVIDENCE, nonce=0, fee=1, amount=0, payload=b"two headers")
-    assert refused(pool, evidence) == Code.BAD_BLOCK  # no block of any network holds it yet
-    staking = make_pool(ledger, staking=True)
+    assert refused(pool, evidence) == Code.BAD_BLOCK
+
+    # Where blocks hold staking transactions, the pool takes them, within the same rules.
+    ledger[addr(1)] = Account(balance=1_000, stake=500)
+    staking = make_pool(ledger, tx_context=lambda: TxContext(1, 10, staking=True))
     staking.add(bond, 0)
-    apply_block(ledger.get, [bond], PRODUCER, 0, TxContext(1, staking=True))  # as a PoS block would
-    assert refused(staking, sign_tx(key(0), NETWORK, kind=EVIDENCE, nonce=1, fee=1, amount=0, payload=b"x")) == (
-        Code.BAD_BLOCK
+    unbond = sign_tx(key(1), NETWORK, kind=UNBOND, nonce=0, fee=1, amount=500)
+    staking.add(unbond, 0)
+    too_much = sign_tx(key(1), NETWORK, kind=UNBOND, nonce=1, fee=1, amount=1)  # the stake is gone
+    assert refused(staking, too_much) == Code.INSUFFICIENT_FUNDS
+    assert refused(staking, sign_tx(key(1), NETWORK, kind=UNBOND, nonce=0, fee=2, amount=501)) == (
+        Code.INSUFFICIENT_FUNDS  # a replacement is judged the same way
     )
+    after_bond = sign_tx(key(0), NETWORK, kind=EVIDENCE, nonce=1, fee=1, amount=0, payload=b"two headers")
+    assert refused(staking, after_bond) == Code.BAD_BLOCK  # this network checks no evidence
+    chosen = staking.select(1_000_000, 10)
+    assert set(chosen) == {bond, unbond}
+    apply_block(ledger.get, chosen, PRODUCER, 0, TxContext(1, 10, staking=True))
 
 
 # --- the byte cap -----------------------------------------------------------------------------------
