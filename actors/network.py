@@ -96,6 +96,7 @@ TX_REQUEST_TIMEOUT_MS = 10_000
 MAX_TX_REQUESTS = 50_000
 RECENT_REJECTS = 20_000
 DIAL_TIMEOUT_MS = 20_000  # a non-seed address that does not connect in this time failed
+SEED_RETRY_MAX_MS = 30_000  # a seed that refused us is dialled again at least this often
 PERSIST_EVERY_MS = 30_000
 MAX_TXS_BYTES = 2_000_000  # bytes of transactions per TXS reply
 SCORES_KEPT = 10_000
@@ -187,6 +188,7 @@ class NetworkActor(NodeActor):
         self.scores: dict[bytes, int] = {}
         self.dialing: dict[bytes, int] = {}  # key -> when we dialled (ms)
         self.seeds: dict[bytes, str] = {}
+        self.seed_retry: dict[bytes, int] = {}  # seed key -> when to dial it again after a refusal (ms)
         self.relay: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (raw, added ms)
         self.tx_requests: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (peer, ms)
         self.rejected_txs = _LruSet(RECENT_REJECTS)
@@ -290,6 +292,7 @@ class NetworkActor(NodeActor):
         if outbound:
             # A new or re-established outbound link: a new session, hello again.
             self.dialing.pop(peer, None)
+            self.seed_retry.pop(peer, None)
             session.outbound, session.address = True, address
             session.hello, session.since_ms, session.last_recv_ms = None, now, now
             self._send_hello(session, now)
@@ -573,10 +576,16 @@ class NetworkActor(NodeActor):
             self._end_session(session, reason)
 
     def _dial_failed(self, peer: bytes, now: int) -> None:
-        if peer not in self.seeds:
-            self.transport.hang_up(peer)
-            self.dialing.pop(peer, None)
+        self.dialing.pop(peer, None)
         self.book.failed(peer, now)
+        if peer in self.seeds:
+            # zmq never redials a link the remote refused (allow-list, ban): _dial_more dials
+            # the seed again, backing off as the book does but never slower than the cap.
+            record = self.book.entries.get(peer)
+            retry_ms = record.next_try_ms if record is not None else now
+            self.seed_retry[peer] = min(retry_ms, now + SEED_RETRY_MAX_MS)
+        else:
+            self.transport.hang_up(peer)
 
     # --- periodic work --------------------------------------------------------------------------------
 
@@ -617,9 +626,11 @@ class NetworkActor(NodeActor):
             if now - started > DIAL_TIMEOUT_MS and key not in self.seeds:
                 self._dial_failed(key, now)
         connected = {k for k, s in self.sessions.items() if s.outbound}
-        # Seeds are redialled for ever (zmq backs off between attempts by itself).
+        # Seeds are redialled for ever (zmq backs off between attempts by itself, except
+        # after a refusal: then seed_retry says when).
         for key, address in self.seeds.items():
-            if key not in connected and key not in self.dialing and not self.book.is_banned(key, now):
+            if (key not in connected and key not in self.dialing and not self.book.is_banned(key, now)
+                    and self.seed_retry.get(key, 0) <= now):
                 self._dial(key, address, now)
         room = self.settings.max_outbound - self._outbound_count()
         if room > 0:
