@@ -38,7 +38,7 @@ class Ledger(dict):
 
 
 def make_pool(ledger: Ledger, **overrides: object) -> TxPool:
-    options = dict(max_bytes=1_000_000, min_fee=1, max_per_sender=16, expiry_ms=60_000)
+    options: dict[str, object] = {"max_bytes": 1_000_000, "min_fee": 1, "max_per_sender": 16, "expiry_ms": 60_000}
     options.update(overrides)
     return TxPool(ledger.get, **options)
 

@@ -21,6 +21,7 @@ from actors.messages import AddBlock, BlockReceived
 from actors.node import Node
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.errors import ChainError, Code
+from chain.params import ChainParams
 from chain.pow import nonce_proof, search_nonce
 from chain.state import Account, state_digest
 from chain.tx import BOND, Transaction, sign_tx
@@ -39,8 +40,11 @@ WAIT_S = 60.0  # generous: the machine may be busy; a healthy node takes a secon
 PARAMS = make_params(difficulty=DIFFICULTY, block_interval_ms=BLOCK_INTERVAL_MS)
 
 
-def transfer(sender: int, recipient: int, amount: int, *, nonce: int, fee: int = 2, params=PARAMS) -> Transaction:  # noqa: ANN001
-    return sign_tx(key(sender), params.network_id, nonce=nonce, fee=fee, recipient=key(recipient).address, amount=amount)
+def transfer(
+    sender: int, recipient: int, amount: int, *, nonce: int, fee: int = 2, params: ChainParams = PARAMS
+) -> Transaction:
+    to = key(recipient).address
+    return sign_tx(key(sender), params.network_id, nonce=nonce, fee=fee, recipient=to, amount=amount)
 
 
 def node_settings(tmp_path: Path, name: str, *, producer: bool, sections: dict) -> object:
@@ -61,7 +65,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Start a node; every node started is stopped at teardown, whatever happened."""
     nodes: list[Node] = []
 
-    def start(*, producer: bool = True, params=PARAMS, **sections: dict) -> Node:  # noqa: ANN001
+    def start(*, producer: bool = True, params: ChainParams = PARAMS, **sections: dict) -> Node:
         settings = node_settings(tmp_path, f"node{len(nodes)}", producer=producer, sections=sections)
         node = Node(settings, params, reward_address=MINER)
         nodes.append(node)

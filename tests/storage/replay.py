@@ -9,15 +9,19 @@ The store must not be written to meanwhile (stop the node first, or reopen its s
 
 from __future__ import annotations
 
+from chain.consensus import engine_for
 from chain.params import POS, genesis_accounts
 from chain.state import Account, TxContext, apply_block, state_digest
+from storage.store import Store
 
 
-def replay_accounts(store) -> dict[bytes, Account]:  # noqa: ANN001 - any object with the Store read API
+def replay_accounts(store: Store) -> dict[bytes, Account]:
     """Every account after replaying the main chain of `store` from genesis."""
     params = store.params
     accounts = genesis_accounts(params)
     staking = params.consensus == POS
+    # The same rules the store applies, from chain/ alone: evidence is judged by the engine.
+    ctx_args = (params.unbonding_delay, staking, engine_for(params).check_evidence if staking else None)
     tip = store.tip()
     assert store.hash_at(tip.height) == tip.hash, f"the tip is not the main-chain block at height {tip.height}"
     assert store.hash_at(tip.height + 1) is None, f"the main-chain index goes on past the tip at {tip.height}"
@@ -33,12 +37,12 @@ def replay_accounts(store) -> dict[bytes, Account]:  # noqa: ANN001 - any object
             block.txs,
             block.header.producer,
             params.block_reward,
-            TxContext(height, params.unbonding_delay, staking),
+            TxContext(height, *ctx_args),
         )
         accounts.update(change.updated)
     return accounts
 
 
-def replay_state_digest(store) -> int:  # noqa: ANN001
+def replay_state_digest(store: Store) -> int:
     """`chain.state.state_digest` of the state replayed from genesis along the main chain."""
     return state_digest(replay_accounts(store).items())
