@@ -26,7 +26,7 @@ from chain.pow import nonce_proof, search_nonce
 from chain.state import Account, state_digest
 from chain.tx import BOND, Transaction, sign_tx
 from peerledger.config import settings_from_dict
-from storage.store import Store
+from storage.store import Store, StoreLocked
 from tests.chainbuilder import INITIAL_BALANCE, ChainBuilder, key, make_params
 from tests.helpers import wait_until
 from tests.storage.replay import replay_accounts, replay_state_digest
@@ -303,6 +303,17 @@ def test_stop_is_quick_and_leaves_no_threads_or_processes(start_node: Callable[.
     assert node_children() == []
     with pytest.raises(TimeoutError):
         node.submit_tx(transfer(0, 1, 5, nonce=1).raw)
+
+
+def test_a_second_node_on_the_same_data_directory_does_not_start(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    first = start_node(producer=False, node={"data_dir": str(tmp_path / "shared")})
+    with pytest.raises(StoreLocked, match="in use by another peerledger process"):
+        start_node(producer=False, node={"data_dir": str(tmp_path / "shared")})
+    pay = transfer(0, 1, 5, nonce=0)
+    assert first.submit_tx(pay.raw) == pay.id  # the first one is undisturbed
+    assert first.mempool_info()["size"] == 1
 
 
 def test_an_actor_failure_stops_the_node_with_its_reason(
