@@ -96,6 +96,14 @@ def spendable(account: Account, height: int) -> int:
     return account.balance
 
 
+def _release_unbonded(account: Account, height: int) -> Account:
+    """The account with stake whose unbonding delay has passed by `height` moved to its balance."""
+    if account.unbonding and height >= account.unbonding_height:
+        released = _add(account.balance, account.unbonding, "balance")
+        return replace(account, balance=released, unbonding=0, unbonding_height=0)
+    return account
+
+
 def apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> dict[bytes, Account]:
     """Check one transaction against the state `get` sees; return the accounts it changes.
 
@@ -112,9 +120,7 @@ def _apply_tx(get: GetAccount, tx: Transaction, ctx: TxContext) -> tuple[dict[by
         raise ChainError(
             Code.WRONG_NONCE, f"nonce {tx.nonce} but account {sender_addr.hex()[:8]} expects {sender.nonce}"
         )
-    if sender.unbonding and ctx.height >= sender.unbonding_height:
-        released = _add(sender.balance, sender.unbonding, "balance")
-        sender = replace(sender, balance=released, unbonding=0, unbonding_height=0)
+    sender = _release_unbonded(sender, ctx.height)
     balance = sender.balance
     cost = tx_cost(tx)
     if cost > MAX_AMOUNT:
@@ -154,7 +160,12 @@ def _slash(
     if ctx.check_evidence is None:
         raise ChainError(Code.BAD_BLOCK, "evidence is not valid on this network")
     evidence = ctx.check_evidence(tx.payload)
-    offender = sender if evidence.offender == sender_addr else (get(evidence.offender) or EMPTY)
+    # Stake whose unbonding delay has passed is balance (`spendable`), not stake: it is out of
+    # reach of slashing whether or not the offender has sent a transaction since it matured.
+    if evidence.offender == sender_addr:
+        offender = sender
+    else:
+        offender = _release_unbonded(get(evidence.offender) or EMPTY, ctx.height)
     slashed = offender.stake + offender.unbonding
     if evidence.slot <= offender.slashed_slot or slashed == 0:
         raise ChainError(Code.DUPLICATE, "this staker was already slashed for that slot, or has no stake")
