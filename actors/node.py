@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 ASK_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 1.5  # per actor; the whole stop stays within 5 s
+STOP_BUDGET_S = 4.0  # the whole stop, so that SIGTERM to exit stays within 5 s
 
 
 class Node:
@@ -185,29 +185,46 @@ class Node:
         return self._stop_reason
 
     def stop(self) -> None:
-        """Stop every actor, newest first, then close the store. Idempotent."""
+        """Stop every actor, then the storage actor, then close the store. Idempotent.
+
+        The whole stop stays within STOP_BUDGET_S: the other actors stop together, and
+        storage last, so that what they tell it while stopping (the peer book) is written.
+        """
         if self._stopped:
             return
         self._stopped = True
         self._stop_requested.set()
+        deadline = time.monotonic() + STOP_BUDGET_S
         if self.transport is not None:
-            self.transport.stop()  # no more events from peers
-        for name in ("network", "sync", "producer", "validation", "mempool", "storage"):
+            self.transport.stop(timeout=1.0)  # no more events from peers
+        pending = []
+        for name in ("network", "sync", "producer", "validation", "mempool"):
             ref = getattr(self.refs, name)
-            if ref is None:
-                continue
-            try:
-                ref.stop(block=True, timeout=STOP_TIMEOUT_S)
-            except pykka.Timeout:
-                log.error("actor %s did not stop within %.1f s; abandoning it", name, STOP_TIMEOUT_S)
-            except pykka.ActorDeadError:
-                pass
+            if ref is not None:
+                pending.append((name, ref.stop(block=False)))
+        for name, future in pending:
+            self._await_stop(name, future, deadline - 0.5)  # keep time for storage
+        storage_stopped = True
+        if self.refs.storage is not None:
+            storage_stopped = self._await_stop("storage", self.refs.storage.stop(block=False), deadline)
+        for name in ("network", "sync", "producer", "validation", "mempool", "storage"):
             setattr(self.refs, name, None)
         if self._timer is not None:
-            self._timer.join(TICK_S + 1)
-        if self.store is not None:
-            self.store.close()
+            self._timer.join(max(0.1, deadline - time.monotonic()))
+        if self.store is not None and storage_stopped:
+            self.store.close()  # never under a storage actor still writing: LMDB recovers at next open
         log.info("node stopped%s", f": {self._stop_reason}" if self._stop_reason else "")
+
+    @staticmethod
+    def _await_stop(name: str, future: Any, deadline: float) -> bool:
+        try:
+            future.get(timeout=max(0.05, deadline - time.monotonic()))
+            return True
+        except pykka.Timeout:
+            log.error("actor %s did not stop in time; abandoning it", name)
+        except pykka.ActorDeadError:
+            return True
+        return False
 
     # --- the edge: queries and submissions from the API, CLI and tests ----------------------
 
