@@ -46,6 +46,23 @@ class Entry:
         return self.tx.fee / self.tx.size
 
 
+@dataclass(slots=True)
+class _RunState:
+    """A sender's pending run applied over the confirmed state: the accounts it changes (the
+    sender and those it pays), which the next transaction of the run is checked against.
+
+    Kept so that appending to a run applies one transaction, not the whole run again; valid
+    only for the block context and the sender's confirmed account it was computed from, and
+    dropped whenever the run changes other than by an append (replacement, removal, expiry,
+    eviction) and at every rebuild, that is at every new tip.
+    """
+
+    ctx: TxContext
+    account: Account
+    length: int  # entries of the run applied
+    accounts: dict[bytes, Account]
+
+
 class TxPool:
     """The mempool's data and rules, free of threads so that they can be tested alone."""
 
@@ -72,6 +89,7 @@ class TxPool:
         self.by_id: dict[bytes, Entry] = {}
         self.by_sender: dict[bytes, list[Entry]] = {}  # each list in nonce order, gap-free
         self.bytes = 0
+        self._runs: dict[bytes, _RunState] = {}  # by sender; see _RunState
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -122,11 +140,10 @@ class TxPool:
         # Every rule a block applies, after the sender's earlier pending transactions: a kind
         # the network does not hold, an unbond beyond the stake... would otherwise make every
         # block template that includes it invalid, and stall production.
-        overlay = Overlay(self.get_account)
         ctx = self.tx_context()
-        for earlier in run[:position]:
-            overlay.put(apply_tx(overlay.get, earlier.tx, ctx))
-        apply_tx(overlay.get, tx, ctx)
+        state = self._run_state(sender, account, run, position, ctx)
+        pending = state.accounts
+        changes = apply_tx(lambda a: pending[a] if a in pending else self.get_account(a), tx, ctx)
         freed = replaced.tx.size if replaced else 0
         evicted = self._make_room(tx, sender, tx.size - freed)
         entry = Entry(tx, sender, now_ms)
@@ -134,12 +151,28 @@ class TxPool:
             run[position] = entry
             del self.by_id[replaced.tx.id]
             self.bytes -= replaced.tx.size
+            self._runs.pop(sender, None)
         else:
             run.append(entry)
             self.by_sender[sender] = run
+            pending.update(changes)
+            state.length += 1
+            self._runs[sender] = state
         self.by_id[tx.id] = entry
         self.bytes += tx.size
         return evicted
+
+    def _run_state(self, sender: bytes, account: Account, run: list[Entry], position: int,
+                   ctx: TxContext) -> _RunState:
+        """The sender's run up to `position` applied over its confirmed `account`."""
+        state = self._runs.get(sender)
+        if (state is not None and position == len(run) == state.length and state.ctx == ctx
+                and state.account == account):
+            return state
+        overlay = Overlay(self.get_account)
+        for earlier in run[:position]:
+            overlay.put(apply_tx(overlay.get, earlier.tx, ctx))
+        return _RunState(ctx, account, position, overlay.changes)
 
     def _make_room(self, tx: Transaction, sender: bytes, needed: int) -> list[Entry]:
         if self.bytes + needed <= self.max_bytes:
@@ -170,6 +203,7 @@ class TxPool:
         run = self.by_sender.get(sender)
         if not run:
             return []
+        self._runs.pop(sender, None)
         cut = next((i for i, e in enumerate(run) if e.tx.nonce >= nonce), len(run))
         removed, kept = run[cut:], run[:cut]
         for entry in removed:
@@ -189,6 +223,7 @@ class TxPool:
         their place again in nonce order. Answers (kept, dropped).
         """
         candidates: dict[bytes, Entry] = {}
+        self._runs.clear()  # the confirmed state moved
         for sender in set(senders):
             for entry in self.by_sender.pop(sender, []):
                 del self.by_id[entry.tx.id]
