@@ -294,8 +294,9 @@ class MempoolActor(NodeActor):
         super().__init__(supervisor)
         self.refs = refs
         self.store = store
+        self._snapshot: dict[bytes, Account | None] | None = None  # see _account
         self.pool = TxPool(
-            store.account,
+            self._account,
             max_bytes=max_bytes,
             min_fee=min_fee,
             max_per_sender=max_per_sender,
@@ -303,6 +304,13 @@ class MempoolActor(NodeActor):
             next_height=lambda: store.tip().height + 1,
             tx_context=self._tx_context,
         )
+
+    def _account(self, address: bytes) -> Account | None:
+        """A confirmed account: from the snapshot of the batch being admitted, else the store."""
+        snapshot = self._snapshot
+        if snapshot is not None and address in snapshot:
+            return snapshot[address]
+        return self.store.account(address)
 
     def _tx_context(self) -> TxContext:
         params, staking = self.store.params, self.store.params.consensus == POS
@@ -343,16 +351,23 @@ class MempoolActor(NodeActor):
         now = _now_ms()
         results: list[ChainError | None] = []
         accepted: list[Transaction] = []
-        for tx in txs:
-            try:
-                self.pool.add(tx, now)
-            except ChainError as e:
-                results.append(e)
-                if origin is not None:
-                    self.refs.tell("network", TxRejected(tx.id, origin, e))
-                continue
-            results.append(None)
-            accepted.append(tx)
+        # The senders' and recipients' accounts from one read transaction, not one each.
+        addresses = {address_of(tx.sender) for tx in txs}
+        addresses.update(tx.recipient for tx in txs)
+        self._snapshot = self.store.accounts(list(addresses))
+        try:
+            for tx in txs:
+                try:
+                    self.pool.add(tx, now)
+                except ChainError as e:
+                    results.append(e)
+                    if origin is not None:
+                        self.refs.tell("network", TxRejected(tx.id, origin, e))
+                    continue
+                results.append(None)
+                accepted.append(tx)
+        finally:
+            self._snapshot = None
         if accepted:
             self.refs.tell("network", TxsAccepted(tuple(accepted), origin))
         return results
