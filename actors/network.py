@@ -252,8 +252,10 @@ class NetworkActor(NodeActor):
                 self._flush()
             case TxsAccepted(txs, origin):
                 self._relay_txs(txs, origin, now)
-            case TipChanged(tip, connected, _disconnected):
+            case TipChanged(_tip, connected, disconnected):
                 self._announce_blocks(connected)
+                if disconnected:
+                    self._relay_returned(connected, disconnected, now)
             case TxRejected(txid, origin, error):
                 if txid and error.code not in _RETRYABLE:
                     self.rejected_txs.add(txid)  # not worth fetching again from anyone
@@ -522,6 +524,16 @@ class NetworkActor(NodeActor):
             if len(session.inv_queue) > MAX_INV_QUEUE:
                 del session.inv_queue[: len(session.inv_queue) - MAX_INV_QUEUE]
         self.counters["txs_relayed"] += len(txs)
+
+    def _relay_returned(self, connected: tuple, disconnected: tuple, now: int) -> None:
+        """A reorganisation put the transactions of the blocks it disconnected back in the
+        mempool; the peers on the branch we moved to may never have seen them (a partition
+        kept them apart), so announce them again, oldest first. One the mempool could not
+        take back is fetched and refused without penalty (a used nonce, missing funds)."""
+        confirmed = {tx.id for block in connected for tx in block.txs}
+        returned = tuple(tx for block in reversed(disconnected) for tx in block.txs if tx.id not in confirmed)
+        if returned:
+            self._relay_txs(returned, None, now)
 
     def _flush(self) -> None:
         for session in self.sessions.values():
