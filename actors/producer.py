@@ -17,7 +17,7 @@ from actors.base import NodeActor, Supervisor
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.messages import AddBlock, BlockTemplateTxs, ChunkDone, Tick, TipChanged, WantTxs
-from actors.validation import _ignore_sigint
+from actors.validation import init_worker, stop_pool
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.params import ChainParams
 from chain.pow import NONCE_SIZE, nonce_proof, search_nonce
@@ -65,12 +65,11 @@ class ProducerActor(NodeActor):
     def on_start(self) -> None:
         if self.workers > 0:
             ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
-            self._pool = ctx.Pool(self.workers, initializer=_ignore_sigint)
+            self._pool = ctx.Pool(self.workers, initializer=init_worker)
 
     def on_stop(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            stop_pool(self._pool)
             self._pool = None
 
     def on_receive(self, message: object) -> object:

@@ -10,6 +10,7 @@ than it saves); the pool starts on first use so an idle node stays small.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import signal
@@ -61,9 +62,40 @@ def verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
     return [verify(public, message, signature) for public, message, signature in items]
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group; the node, not its workers, decides to stop.
+def init_worker() -> None:
+    """Signal handling of a pool worker process (validation and mining pools).
+
+    Ctrl-C reaches the whole process group; the node, not its workers, decides to stop, so
+    SIGINT is ignored. SIGTERM (a service manager signalling the whole group, as systemd
+    does by default, or Pool.terminate) ends the worker through SystemExit rather than the
+    default instant death: an idle worker waits for tasks holding the pool's shared queue
+    lock, and one killed outright never releases it, so the node's Pool.terminate() would
+    then block for ever on that lock and its actor could not stop. Unwinding releases it.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Once the worker is exiting anyway, a SIGTERM has nothing to unwind: let it end the
+    # process, instead of raising into the interpreter's exit handlers.
+    atexit.register(signal.signal, signal.SIGTERM, signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one (Pool.terminate) ends it outright
+    raise SystemExit(0)
+
+
+def stop_pool(pool) -> None:  # noqa: ANN001 - a multiprocessing pool
+    """Terminate a worker pool, whatever its workers went through.
+
+    A worker that a signal ended in the middle of reading a task leaves the task queue out
+    of step, and Pool.terminate() then fails while draining it (EOFError). The workers are
+    daemonic: whatever terminate() could not reach is ended when the process exits.
+    """
+    try:
+        pool.terminate()
+        pool.join()
+    except (EOFError, OSError, ValueError) as e:
+        log.debug("worker pool stopped uncleanly: %r", e)
 
 
 class SignatureVerifier:
@@ -81,7 +113,7 @@ class SignatureVerifier:
             return verify_chunk(items)
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
-            self._pool = ctx.Pool(self.workers, initializer=_ignore_sigint)
+            self._pool = ctx.Pool(self.workers, initializer=init_worker)
         size = max(MIN_CHUNK, -(-len(items) // self.workers))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         results = self._pool.map_async(verify_chunk, chunks).get(POOL_TIMEOUT_S)
@@ -89,8 +121,7 @@ class SignatureVerifier:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            stop_pool(self._pool)
             self._pool = None
 
 
