@@ -190,24 +190,32 @@ class StateChange:
 
 
 class Overlay:
-    """Pending account values over a base reader; what a block or a mempool sees."""
+    """Pending account values over a base reader; what a block or a mempool sees.
 
-    __slots__ = ("_get", "changes", "previous")
+    The base is read once per address (a block reads each account it touches once, not again
+    to record its previous value), so it must not change while the overlay is in use.
+    """
+
+    __slots__ = ("_get", "_base", "changes", "previous")
 
     def __init__(self, get: GetAccount) -> None:
         self._get = get
+        self._base: dict[bytes, Account | None] = {}  # what the base reader answered: each read once
         self.changes: dict[bytes, Account] = {}
         self.previous: dict[bytes, Account | None] = {}
 
     def get(self, address: bytes) -> Account | None:
         if address in self.changes:
             return self.changes[address]
-        return self._get(address)
+        if address in self._base:
+            return self._base[address]
+        value = self._base[address] = self._get(address)
+        return value
 
     def put(self, updates: Mapping[bytes, Account]) -> None:
         for address, account in updates.items():
             if address not in self.previous:
-                self.previous[address] = self._get(address)
+                self.previous[address] = self._base[address] if address in self._base else self._get(address)
             self.changes[address] = account
 
 
