@@ -81,8 +81,9 @@ def write_genesis(
         f'[[allocations]]\naddress = "{address_to_text(k.address)}"\namount = {WALLET_FUNDS}\n' for k in wallets
     )
     if consensus == "pos":
-        # Each node stakes with its default wallet; one slot in four has a producer.
-        slot_ms = interval_ms // 4
+        # Each node stakes with its default wallet; one slot in ten has a producer (a
+        # difficulty this small moves in coarse steps; ten keeps the interval near its target).
+        slot_ms = interval_ms // 10
         difficulty = interval_ms // slot_ms
         extra = f"slot_ms = {slot_ms}\nepoch_length = 16\nunbonding_delay = 10\n\n" + "\n".join(
             f'[[stakes]]\naddress = "{address_to_text(a)}"\namount = {STAKE}\n' for a in stakers
