@@ -7,8 +7,9 @@ to the sync actor: block announcements, headers and blocks are passed on to it.
 Handshake. A link that comes up outbound sends HELLO at once; a node that receives a HELLO
 answers with its own unless it sent one in the last `HELLO_ECHO_WINDOW_MS` (so two HELLOs
 crossing each other end the exchange instead of starting a loop). A peer is ready once we
-have its HELLO and it has ours. zmq reconnects silently, so every outbound LinkUp starts a
-new session and says hello again.
+have its HELLO and it has ours. zmq reconnects silently, so every outbound LinkUp says
+hello again (and starts a new session, unless one is ready over a live inbound link).
+Messages that arrive before the handshake are ignored and answered with our HELLO.
 
 Relay. Accepted transactions are announced by inventory in batches (flushed every
 `INV_FLUSH_S`), never echoed to the peer they came from or to a peer known to have them;
@@ -115,7 +116,6 @@ REJECT_POINTS = {
 POINTS_INVALID_BLOCK = 100
 POINTS_INVALID_TX = 20
 POINTS_UNREQUESTED = 20
-POINTS_BEFORE_HELLO = 10
 POINTS_BAD_HELLO = 100
 # Refusals that may not hold later (a gap in nonces filled, room in the mempool).
 _RETRYABLE = frozenset({Code.WRONG_NONCE, Code.MEMPOOL_FULL, Code.FEE_TOO_LOW, Code.INSUFFICIENT_FUNDS})
@@ -292,11 +292,16 @@ class NetworkActor(NodeActor):
                 return
             session = self.sessions[peer] = Session(peer, now, last_recv_ms=now)
         if outbound:
-            # A new or re-established outbound link: a new session, hello again.
+            # A new or re-established outbound link: hello again. It starts a new session
+            # unless the session is ready over an inbound link that is still up: that
+            # peer's HELLO still holds, and it would not answer ours with another one if it
+            # sent its own a moment ago (two nodes dialling each other at once).
             self.dialing.pop(peer, None)
             self.seed_retry.pop(peer, None)
+            keep = session.ready and session.inbound
             session.outbound, session.address = True, address
-            session.hello, session.since_ms, session.last_recv_ms = None, now, now
+            if not keep:
+                session.hello, session.since_ms, session.last_recv_ms = None, now, now
             self._send_hello(session, now)
         else:
             session.inbound = True
@@ -390,7 +395,12 @@ class NetworkActor(NodeActor):
             self._on_hello(session, msg, now)
             return
         if not session.ready:
-            self._penalise(peer, POINTS_BEFORE_HELLO, f"sent {type(msg).__name__} before the handshake", now)
+            # Not taken, and not punished either: a peer that finished its handshake with us
+            # may be talking into a session we just reset (a link re-established under it).
+            # Our HELLO makes it answer with its own; a peer that never says hello is dropped
+            # after handshake_timeout_s.
+            if now - session.hello_sent_ms > HELLO_ECHO_WINDOW_MS:
+                self._send_hello(session, now)
             return
         match msg:
             case Ping(nonce):
