@@ -699,6 +699,17 @@ class Network:
         wait_until(everywhere, timeout, interval=0.1, ignore=(ApiClientError,),
                    message=f"transaction {txid[:16]} to be confirmed on {[n.name for n in nodes]}")
 
+    @staticmethod
+    def misbehaviour(nodes: Sequence[NodeProcess]) -> dict[str, list[dict[str, Any]]]:
+        """What each node holds against its peers: bans, and sessions with a score. Honest
+        nodes among themselves must hold nothing (an empty dict)."""
+        found = {}
+        for node in nodes:
+            held = [p for p in node.peers() if "banned_until_ms" in p or p.get("score")]
+            if held:
+                found[node.name] = held
+        return found
+
     def transfer(self, sender: int, nonce: int, *, amount: int = 1000, fee: int = 1000, recipient: int = 3) -> bytes:
         """A signed transfer (raw bytes) from FUNDED[sender] to FUNDED[recipient] on this network."""
         return sign_tx(FUNDED[sender], self.params.network_id, nonce=nonce, fee=fee,

@@ -49,3 +49,4 @@ def test_a_stopped_node_catches_up_200_blocks_after_restart(nodes):
 
     for txid in txids:
         assert sleeper.tx_status(txid) == "confirmed"
+    assert not nodes.misbehaviour([miner, follower, sleeper]), "honest nodes penalised each other"

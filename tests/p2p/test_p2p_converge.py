@@ -48,3 +48,4 @@ def test_five_nodes_converge_and_confirm_a_transaction_everywhere(nodes):
     blocks = {node.client.tx(txid)["block_hash"] for node in line}
     assert len(blocks) == 1, f"the transaction sits in different blocks: {blocks}"
     assert final["height"] >= common["height"]
+    assert not nodes.misbehaviour(line), "honest nodes penalised each other"

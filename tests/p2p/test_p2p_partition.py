@@ -72,3 +72,4 @@ def test_partitioned_groups_mine_and_the_heavier_chain_wins_after_healing(netlab
         assert node.client.tx(on_b)["block_hash"] != b_block["block_hash"]
     assert b_miner.client.block(b_status["tip"])["confirmations"] == 0, "B's old tip is still on its main chain"
     assert b_miner.client.block(b_block["block_hash"])["confirmations"] == 0
+    assert not nodes.misbehaviour(everyone), "honest nodes penalised each other"

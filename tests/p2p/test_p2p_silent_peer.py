@@ -60,4 +60,6 @@ def test_a_silent_peer_is_dropped_and_comes_back_cleanly(nodes):
     common = nodes.wait_converged([miner, follower, frozen], 60, min_height=height + 3)
     assert frozen.tx_status(txid) == "confirmed"
     assert frozen.running and not frozen.paused
+    # Silence is no misbehaviour, and neither is talking into a session the other side reset.
+    assert not nodes.misbehaviour([miner, follower, frozen]), "honest nodes penalised each other"
     print(f"all three at height {common['height']}")
