@@ -45,20 +45,23 @@ def test_a_short_partition_heals_onto_one_chain_and_no_transaction_is_lost(netla
     on_b = b.submit(nodes.transfer(2, 0, amount=3003))
     nodes.wait_confirmed([a0, a1], on_a, 30)
     nodes.wait_confirmed([b], on_b, 30)
-    wait_until(lambda: b.height() >= cut_height + 4 and a0.height() >= cut_height + 4, 30, interval=0.1,
+    wait_until(lambda: b.height() >= cut_height + 3 and a0.height() >= cut_height + 3, 30, interval=0.1,
                message="both sides to produce during the cut")
     assert b.tx_status(on_a) is None and a0.tx_status(on_b) is None, "the cut leaked"
     a_side, b_side = a0.status(), b.status()
     assert a_side["tip"] != b_side["tip"]
-    forked = max(a_side["height"], b_side["height"]) - cut_height
-    assert forked < LIMIT // 2, f"the sides went {forked} blocks apart: too close to the limit to heal"
+    # The lighter side will undo what it made since the cut (and what it makes until TCP has
+    # delivered the other side's blocks after the heal): well under the limit, or it could not heal.
+    a_heavier = int(a_side["cumulative_weight"]) > int(b_side["cumulative_weight"])
+    undone = (b_side if a_heavier else a_side)["height"] - cut_height
+    assert undone < LIMIT - 8, f"the lighter side made {undone} blocks during the cut: too close to the limit"
 
     netlab.heal()
     cut_for = time.monotonic() - cut_at
     common = nodes.wait_converged(everyone, 60, min_height=max(a_side["height"], b_side["height"]) + 1)
     for txid in (on_a, on_b):
         nodes.wait_confirmed(everyone, txid, 60)
-    winner = "a0 and a1" if int(a_side["cumulative_weight"]) > int(b_side["cumulative_weight"]) else "b"
+    winner = "a0 and a1" if a_heavier else "b"
     print(f"cut for {cut_for:.1f} s at height {cut_height}: a went to {a_side['height']}, b to {b_side['height']}; "
           f"healed at {common['height']} (heavier side at the heal: {winner})")
     for node in everyone:
