@@ -49,9 +49,10 @@ class Entry:
 @dataclass(slots=True)
 class _RunState:
     """A sender's pending run applied over the confirmed state: the accounts it changes (the
-    sender and those it pays), which the next transaction of the run is checked against.
+    sender and those it pays), which the next transaction of the run is checked against, and
+    what the run spends.
 
-    Kept so that appending to a run applies one transaction, not the whole run again; valid
+    Kept so that appending to a run costs one transaction, not the whole run again; valid
     only for the block context and the sender's confirmed account it was computed from, and
     dropped whenever the run changes other than by an append (replacement, removal, expiry,
     eviction) and at every rebuild, that is at every new tip.
@@ -60,6 +61,7 @@ class _RunState:
     ctx: TxContext
     account: Account
     length: int  # entries of the run applied
+    cost: int  # what they take from the sender's spendable balance (tx_cost)
     accounts: dict[bytes, Account]
 
 
@@ -126,22 +128,27 @@ class TxPool:
             )
         if replaced is None and len(run) >= self.max_per_sender:
             raise ChainError(Code.MEMPOOL_FULL, f"this sender already has {len(run)} pending transactions")
-        costs = [tx_cost(e.tx) for e in run]
+        ctx = self.tx_context()
+        state = self._runs.get(sender)
+        if state is not None and not (
+            position == len(run) == state.length and state.ctx == ctx and state.account == account
+        ):
+            state = None  # not an append, or computed against another state: apply the run again
         if replaced is not None:
-            costs[position] = tx_cost(tx)
             # Later nonces must still be affordable, or the replacement would strand them.
+            spending = sum(tx_cost(e.tx) for e in run) - tx_cost(replaced.tx) + tx_cost(tx)
         else:
-            costs.append(tx_cost(tx))
-        if sum(costs) > spendable(account, self.next_height()):
+            spending = (state.cost if state is not None else sum(tx_cost(e.tx) for e in run)) + tx_cost(tx)
+        if spending > spendable(account, self.next_height()):
             raise ChainError(
                 Code.INSUFFICIENT_FUNDS,
-                f"account holds {spendable(account, self.next_height())}, pending spending would be {sum(costs)}",
+                f"account holds {spendable(account, self.next_height())}, pending spending would be {spending}",
             )
         # Every rule a block applies, after the sender's earlier pending transactions: a kind
         # the network does not hold, an unbond beyond the stake... would otherwise make every
         # block template that includes it invalid, and stall production.
-        ctx = self.tx_context()
-        state = self._run_state(sender, account, run, position, ctx)
+        if state is None:
+            state = self._apply_run(run[:position], account, ctx)
         pending = state.accounts
         changes = apply_tx(lambda a: pending[a] if a in pending else self.get_account(a), tx, ctx)
         freed = replaced.tx.size if replaced else 0
@@ -157,22 +164,18 @@ class TxPool:
             self.by_sender[sender] = run
             pending.update(changes)
             state.length += 1
+            state.cost += tx_cost(tx)
             self._runs[sender] = state
         self.by_id[tx.id] = entry
         self.bytes += tx.size
         return evicted
 
-    def _run_state(self, sender: bytes, account: Account, run: list[Entry], position: int,
-                   ctx: TxContext) -> _RunState:
-        """The sender's run up to `position` applied over its confirmed `account`."""
-        state = self._runs.get(sender)
-        if (state is not None and position == len(run) == state.length and state.ctx == ctx
-                and state.account == account):
-            return state
+    def _apply_run(self, entries: list[Entry], account: Account, ctx: TxContext) -> _RunState:
+        """A sender's pending `entries` applied over its confirmed `account`."""
         overlay = Overlay(self.get_account)
-        for earlier in run[:position]:
+        for earlier in entries:
             overlay.put(apply_tx(overlay.get, earlier.tx, ctx))
-        return _RunState(ctx, account, position, overlay.changes)
+        return _RunState(ctx, account, len(entries), sum(tx_cost(e.tx) for e in entries), overlay.changes)
 
     def _make_room(self, tx: Transaction, sender: bytes, needed: int) -> list[Entry]:
         if self.bytes + needed <= self.max_bytes:
