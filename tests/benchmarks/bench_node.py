@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -658,6 +659,18 @@ def rows_unit(rows: list[Row], short: str) -> str:
     return ""
 
 
+def machine_share(rows: list[Row]) -> dict[str, tuple[float, int]]:
+    """How many cores each baseline actually got: 1 (or 2) on a quiet machine."""
+    share = {}
+    for row in rows:
+        name = row.name.split(":")[0]
+        expected = 2 if name in ("B", "P2") else 1
+        if name in ("A", "B", "P1", "P2"):
+            rounds = row.detail["rounds"]
+            share[name] = (statistics.median(r["rate"] / r["cpu_rate"] for r in rounds if r["cpu_rate"]), expected)
+    return share
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_node", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
@@ -678,6 +691,14 @@ def main(argv: list[str] | None = None) -> int:
           f"load {env['load_at_start'][0]:.2f} -> {env['load_at_end'][0]:.2f}; "
           f"rounds summed: {sizes.admit_rounds} admission, {sizes.block_rounds} block, {sizes.pow_rounds} PoW, "
           f"each alternating with its baseline")
+    share = machine_share(rows)
+    env["machine_share"] = share
+    print("share of the machine the baselines got (wall rate / CPU rate, median of rounds): "
+          + ", ".join(f"{name} {cores:.2f} of {expected} core{'s' if expected > 1 else ''}"
+                      for name, (cores, expected) in share.items()))
+    if any(cores < 0.8 * expected for cores, expected in share.values()):
+        print("The machine was busy: other processes took CPU in the middle of rounds, so wall-clock ratios "
+              "carry that noise (see the rounds column); the cpu ratio is the steadier figure.")
     if args.json:
         document = {
             "environment": env,
