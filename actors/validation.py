@@ -10,9 +10,9 @@ than it saves); the pool starts on first use so an idle node stays small.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing
+import multiprocessing.util
 import signal
 from collections import OrderedDict
 
@@ -74,9 +74,9 @@ def init_worker() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # Once the worker is exiting anyway, a SIGTERM has nothing to unwind: let it end the
-    # process, instead of raising into the interpreter's exit handlers.
-    atexit.register(signal.signal, signal.SIGTERM, signal.SIG_DFL)
+    # Once the worker left its loop, a SIGTERM has nothing to unwind: let it end the process
+    # rather than raise into the interpreter's shutdown. This runs first as the worker exits.
+    multiprocessing.util.Finalize(None, signal.signal, args=(signal.SIGTERM, signal.SIG_DFL), exitpriority=100)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
