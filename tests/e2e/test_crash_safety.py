@@ -135,6 +135,7 @@ def test_kill_9_at_random_moments_loses_nothing_reported(nodes):
     trickle.start()
     started = time.monotonic()
     rounds: list[str] = []
+    height = txs = 0
     try:
         for round_number in range(1, KILLS + 1):
             status = node.status()
@@ -153,8 +154,8 @@ def test_kill_9_at_random_moments_loses_nothing_reported(nodes):
             node.kill()
             node.assert_nothing_left()  # orphaned workers notice and exit by themselves
             height, txs = check_store(node, seen)
-            rounds.append(f"kill {round_number:2d} after {delay:4.2f} s: shown {seen.last_height}, stored {height}, "
-                          f"{txs} txs on chain")
+            rounds.append(f"kill {round_number:2d} after {delay:4.2f} s: shown {seen.last_height:3d}, "
+                          f"stored {height:3d}, {txs} txs on chain")
             node.start()
             this_run = _last_start(node.log_text())
             assert "node started" in this_run and "damaged" not in this_run, node.describe()
@@ -164,16 +165,17 @@ def test_kill_9_at_random_moments_loses_nothing_reported(nodes):
         status = node.status()
         assert status["height"] >= seen.last_height
         seen.record(status)
+        trickle.stop()
+        assert node.stop() == 0
+        height, txs = check_store(node, seen)
+        assert txs > 0, "no transaction reached a block: the crashes were not tested under load"
+        assert "damaged" not in node.log_text()
     finally:
         trickle.stop()
-    assert node.stop() == 0
-    height, txs = check_store(node, seen)
-    assert txs > 0, "no transaction reached a block: the crashes were not tested under load"
-    log = node.log_text()
-    assert "damaged" not in log
-    print(f"\ncrash safety (seed {SEED}): {len(rounds)} kills in {time.monotonic() - started:.1f} s, "
-          f"final height {height}, {txs} transactions on chain, {trickle.accepted} submitted, refused {trickle.refused}")
-    print("\n".join(rounds))
+        print(f"\ncrash safety (seed {SEED}): {len(rounds)} kills in {time.monotonic() - started:.1f} s, "
+              f"final height {height}, {txs} transactions on chain, {trickle.accepted} submitted, "
+              f"refused {trickle.refused}")
+        print("\n".join(rounds))
 
 
 def _last_start(log: str) -> str:

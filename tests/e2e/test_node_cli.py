@@ -18,7 +18,16 @@ import pytest
 from chain.keys import SigningKey, address_to_text
 from chain.tx import sign_tx
 from tests.helpers import wait_until
-from tests.nodes import ALLOCATION, FUNDED, CLI_TIMEOUT_S, NodeProcess, children_of, peerledger, toml_text
+from tests.nodes import (
+    ALLOCATION,
+    CLI_TIMEOUT_S,
+    FUNDED,
+    NodeProcess,
+    children_of,
+    peerledger,
+    session_processes,
+    toml_text,
+)
 
 A, B = FUNDED[0], FUNDED[1]
 NOT_MINING = {"producer": {"enabled": False}}
@@ -406,9 +415,14 @@ def test_a_second_node_on_the_same_data_dir_fails_fast_and_the_first_keeps_runni
     ids=["SIGINT-group", "SIGTERM", "SIGTERM-group", "SIGINT"],
 )
 def test_signals_stop_a_mining_node_cleanly(nodes, sig, to_group):
-    node = nodes.start_node({"validation": {"workers": 1}})
+    # Both worker pools run: mining, and signature checks (every batch goes to the pool).
+    node = nodes.start_node({"validation": {"workers": 1, "batch_min": 1}})
+    network_id = bytes.fromhex(node.status()["network_id"])
+    node.client.submit(sign_tx(A, network_id, nonce=0, fee=1000, recipient=B.address, amount=5).raw)
     node.wait_for_height(2)
-    workers = wait_until(lambda: children_of(node.pid), 10, message="the node's worker processes")
+    # the resource tracker, a mining worker and a validation worker
+    workers = wait_until(lambda: len(children_of(node.pid)) >= 3 and children_of(node.pid), 10,
+                         message="the node's worker processes")
     started = time.monotonic()
     if to_group:
         os.killpg(node.pid, sig)
@@ -423,7 +437,8 @@ def test_signals_stop_a_mining_node_cleanly(nodes, sig, to_group):
     assert f"received {signal.Signals(sig).name}" in log
     assert "Traceback" not in log
     assert "abandoning" not in log, node.describe()  # every actor stopped in time
-    assert not any(pid in children_of(node.pid) for pid in workers)
+    still_alive = [pid for pid, _ in session_processes(node.pid) if pid in workers]
+    assert not still_alive, f"workers {still_alive} outlived the node"
     # And it starts again where it was.
     node.start()
     assert node.height() >= 2
