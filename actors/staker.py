@@ -61,6 +61,12 @@ class StakerActor(NodeActor):
         self.key = key
         self.address = key.address
         self._candidate: _Candidate | None = None
+        # The highest slot this staker has signed a block for. Two different blocks for one
+        # slot are evidence that slashes the whole stake, so a slot is signed at most once,
+        # whatever tip the node is on when the same slot comes round again (a slot ticked
+        # twice when the network clock steps back, or a tick that arrives before storage has
+        # connected the block signed at the first one).
+        self._signed_slot = -1
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
         self.stats = {"slots": 0, "eligible": 0, "blocks": 0, "hash_rate": 0.0}
@@ -102,7 +108,7 @@ class StakerActor(NodeActor):
 
     def _on_slot(self, slot: int) -> None:
         tip = self.store.tip()
-        if slot <= slot_of(tip.timestamp_ms, self.params.slot_ms):
+        if slot <= slot_of(tip.timestamp_ms, self.params.slot_ms) or slot <= self._signed_slot:
             return
         self.stats["slots"] += 1
         ctx = self.store.header_context(tip.hash)
@@ -121,7 +127,7 @@ class StakerActor(NodeActor):
 
     def _produce(self, tip_hash: bytes, txs: tuple) -> None:
         c = self._candidate
-        if c is None or c.tip_hash != tip_hash or self.store.tip().hash != tip_hash:
+        if c is None or c.tip_hash != tip_hash or self.store.tip().hash != tip_hash or c.slot <= self._signed_slot:
             return
         self._candidate = None
         slot_ms = self.params.slot_ms
@@ -137,6 +143,7 @@ class StakerActor(NodeActor):
             c.difficulty,
             self.address,
         )
+        self._signed_slot = c.slot
         block = Block(sign_header(template, self.key, self.params.network_id), tuple(txs))
         self.stats["blocks"] += 1
         log.debug("staked block %s at height %d in slot %d", block.hash.hex()[:16], block.height, c.slot)
