@@ -57,6 +57,9 @@ MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 STRIKES_TO_DROP = 3
 CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
 MAX_PLAN = 100_000  # blocks planned for download at once
+LATE_MEMORY = 4096  # requests remembered after we gave up on them (timed out, peer gone)...
+LATE_WINDOW_MS = 120_000  # ...so that an answer this late is taken, not punished as unrequested
+_HEADERS = b"headers"  # the key of a GETHEADERS among the given-up requests
 
 POINTS_UNREQUESTED = 20
 POINTS_MALFORMED = 50
@@ -102,6 +105,9 @@ class SyncActor(NodeActor):
         self._plan_start_height = 0
         self._plan_target = b""
         self._last_catchup_ms = 0
+        # (peer, block hash or _HEADERS) -> when we gave up waiting (ms). A slow or reconnected
+        # honest peer still delivers what we asked; only what was never asked is misbehaviour.
+        self._given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
         self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0}
 
     # --- dispatch ----------------------------------------------------------------------------
@@ -112,13 +118,13 @@ class SyncActor(NodeActor):
             case PeerReady(peer, best_hash, best_height, best_weight):
                 self._on_peer_ready(peer, best_hash, best_height, best_weight, now)
             case PeerGone(peer):
-                self._forget_peer(peer)
+                self._forget_peer(peer, now)
             case HeadersArrived(peer, raws):
                 self._on_headers(peer, raws, now)
             case HeadersStored(origin, count, last_hash, error):
                 self._on_headers_stored(origin, count, last_hash, error, now)
             case BlockArrived(peer, raw):
-                self._on_block(peer, raw)
+                self._on_block(peer, raw, now)
             case BlocksAnnounced(peer, hashes):
                 self._on_announced(peer, hashes, now)
             case BlocksNotFound(peer, hashes):
@@ -150,21 +156,39 @@ class SyncActor(NodeActor):
     # --- peers -------------------------------------------------------------------------------
 
     def _on_peer_ready(self, peer: bytes, best_hash: bytes, best_height: int, best_weight: int, now: int) -> None:
-        old = self.peers.get(peer)
-        if old is not None:
-            self._forget_peer(peer)
-        p = self.peers[peer] = SyncPeer(peer, best_hash, best_height, best_weight)
+        p = self.peers.get(peer)
+        if p is None:
+            p = self.peers[peer] = SyncPeer(peer, best_hash, best_height, best_weight)
+        else:
+            # Another HELLO from a peer we sync with (a link re-established, or links
+            # crossing): its answers to what we asked may be on their way, keep expecting them.
+            p.best_hash, p.best_height, p.best_weight = best_hash, best_height, best_weight
         _, best = self.store.best_header()
         if best_weight > best.weight and self.store.index_entry(best_hash) is None:
             self._ask_headers(p, now)
 
-    def _forget_peer(self, peer: bytes) -> None:
+    def _forget_peer(self, peer: bytes, now: int) -> None:
         p = self.peers.pop(peer, None)
         if p is None:
             return
         for block_hash in p.in_flight:
             if self.requested.get(block_hash) == peer:
                 del self.requested[block_hash]
+            self._give_up(peer, block_hash, now)
+        if p.headers_asked_ms:
+            self._give_up(peer, _HEADERS, now)
+
+    def _give_up(self, peer: bytes, what: bytes, now: int) -> None:
+        key = (peer, what)
+        self._given_up[key] = now
+        self._given_up.move_to_end(key)
+        while len(self._given_up) > LATE_MEMORY:
+            self._given_up.popitem(last=False)
+
+    def _late_answer(self, peer: bytes, what: bytes, now: int) -> bool:
+        """True (once) if `peer` answers a request we gave up on not long ago."""
+        since = self._given_up.pop((peer, what), None)
+        return since is not None and now - since <= LATE_WINDOW_MS
 
     def _ask_headers(self, p: SyncPeer, now: int, start: bytes | None = None) -> None:
         if p.headers_asked_ms:
@@ -181,7 +205,7 @@ class SyncActor(NodeActor):
         p = self.peers.get(peer)
         if p is None:
             return
-        if not p.headers_asked_ms:
+        if not p.headers_asked_ms and not self._late_answer(peer, _HEADERS, now):
             self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent unrequested headers"))
             return
         p.headers_asked_ms = 0
@@ -219,7 +243,7 @@ class SyncActor(NodeActor):
 
     # --- blocks ----------------------------------------------------------------------------------
 
-    def _on_block(self, peer: bytes, raw: bytes) -> None:
+    def _on_block(self, peer: bytes, raw: bytes, now: int) -> None:
         try:
             header, _ = decode_header_at(raw, 0)
         except DecodeError as e:
@@ -228,6 +252,9 @@ class SyncActor(NodeActor):
         block_hash = header.hash
         asked = self.requested.get(block_hash)
         if asked != peer:
+            if self._late_answer(peer, block_hash, now):  # asked, then given up on: still useful
+                self.refs.tell("validation", BlockReceived(raw, peer))
+                return
             self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
             return
         del self.requested[block_hash]
@@ -350,15 +377,17 @@ class SyncActor(NodeActor):
                 del p.in_flight[block_hash]
                 if self.requested.get(block_hash) == p.key:
                     del self.requested[block_hash]
+                self._give_up(p.key, block_hash, now)
             if late:
                 self.stats["timeouts"] += len(late)
                 p.strikes += 1
             if p.headers_asked_ms and now - p.headers_asked_ms > HEADERS_TIMEOUT_MS:
                 p.headers_asked_ms = 0
                 p.strikes += 1
+                self._give_up(p.key, _HEADERS, now)
             if p.strikes >= STRIKES_TO_DROP:
                 log.info("peer %s stalls (%d late answers): dropping it", p.key.hex()[:16], p.strikes)
-                self._forget_peer(p.key)
+                self._forget_peer(p.key, now)
                 self.refs.tell("network", DropPeer(p.key, "stalled"))
         # Blocks that were ahead of our clock may fit now; orphans too old are dropped.
         for block_hash, orphan in list(self.orphans.items()):
