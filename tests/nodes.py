@@ -459,6 +459,37 @@ class NodeProcess:
             pass
         self.paused = False
 
+    def workers(self) -> list[int]:
+        """Pids of the node's worker processes (mining, signature pools): multiprocessing's
+        spawned children, not its resource tracker."""
+        if not self.running:
+            return []
+        found = []
+        for pid in children_of(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                found.append(pid)
+        return found
+
+    def pause_workers(self) -> list[int]:
+        """SIGSTOP the node's workers only: the node stays connected and answers, but its
+        miner finds nothing. Answers the pids paused (resume_workers takes them)."""
+        pids = self.workers()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def resume_workers(self, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def kill_group(self) -> None:
         """SIGKILL every process of the node's session (the node and all its workers)."""
         if self.proc is None:

@@ -195,7 +195,7 @@ def malformed_frames(magic: bytes) -> list[tuple[str, tuple[bytes, ...]]]:
         ("empty frame", (b"",)),
         ("shorter than the envelope", (b"\x01\x02\x03",)),
         ("truncated payload", (envelope(magic, ping, b"\x00\x01\x02"),)),
-        ("trailing bytes", (envelope(magic, ping, bytes(8) + b"junk"),)),
+        ("trailing bytes", (envelope(magic, MessageType.INV, b"\x00\x00" + b"junk"),)),  # 0 items, then junk
         ("unknown message type", (envelope(magic, 250, b"\x00"),)),
         ("inventory of an unknown kind", (envelope(magic, MessageType.INV, b"\x00\x01\x09" + bytes(32)),)),
         ("text that is not utf-8", (envelope(magic, MessageType.ADDR, b"\x00\x01" + bytes(32) + b"\x02\xff\xfe"
