@@ -21,7 +21,9 @@ from chain.consensus import HeaderContext
 from chain.keys import SigningKey
 from chain.params import ChainParams
 from chain.pos import eligible, sign_header, slot_of
-from chain.state import EMPTY
+from chain.errors import ChainError
+from chain.state import EMPTY, Overlay, TxContext, apply_tx
+from chain.tx import EVIDENCE, Transaction
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,10 @@ class StakerActor(NodeActor):
         timestamp = max(c.slot * slot_ms, c.ctx.median_time_past + 1)
         if timestamp >= (c.slot + 1) * slot_ms or self.clock.now_ms() >= (c.slot + 1) * slot_ms:
             return  # the slot is over: the block would not be valid for it
+        if any(tx.kind == EVIDENCE for tx in txs):
+            txs = self._applicable(txs, c.ctx.parent.height + 1)
+            if self.store.tip().hash != tip_hash:
+                return  # the state moved under the check
         template = Header(
             HEADER_VERSION,
             c.ctx.parent.height + 1,
@@ -148,3 +154,30 @@ class StakerActor(NodeActor):
         self.stats["blocks"] += 1
         log.debug("staked block %s at height %d in slot %d", block.hash.hex()[:16], block.height, c.slot)
         self.refs.tell("storage", AddBlock(block, None))
+
+    def _applicable(self, txs: tuple[Transaction, ...], height: int) -> tuple[Transaction, ...]:
+        """The transactions that apply one after another on the tip's state.
+
+        The mempool checks each sender's transactions on their own, which is enough while a
+        transaction changes only its sender's account and its recipient's balance. Evidence
+        changes a third account, the offender's: two reports of one double signing (from two
+        reporters), or evidence followed by the offender's own unbond, are each valid alone
+        and invalid together. A block holding both is refused, and while both wait in the
+        mempool every block this staker signs would be refused: with every staker holding
+        them, the chain would stop. So a template with evidence is applied in order here,
+        and a transaction that fails is left out, with its sender's later ones.
+        """
+        ctx = TxContext(height, self.params.unbonding_delay, True, self.store.engine.check_evidence)
+        overlay = Overlay(self.store.account)
+        kept, dropped = [], set()
+        for tx in txs:
+            if tx.sender in dropped:
+                continue
+            try:
+                overlay.put(apply_tx(overlay.get, tx, ctx))
+            except ChainError as e:
+                dropped.add(tx.sender)
+                log.info("staker: left transaction %s out of the block: %s", tx.id.hex()[:16], e)
+                continue
+            kept.append(tx)
+        return tuple(kept)
