@@ -68,3 +68,31 @@ def test_double_sign_evidence_submitted_through_the_api_slashes_the_stake(nodes)
     assert offender.wallet_address() not in made, made
     wait_until(lambda: offender.height() >= target, 30, message=f"{offender.name} to follow the chain")
     nodes.wait_converged(stakers, 30, min_height=target)
+
+
+def test_the_same_evidence_from_two_reporters_slashes_once_and_blocks_go_on(nodes):
+    """Two reporters may send the same proof: each is valid on its own against the tip, only
+    one can be in the chain. A block holding both would be invalid, so a producer that took
+    both from its mempool would waste every slot it wins while they wait there."""
+    stakers = add_stakers(nodes, 2)
+    nodes.start(*stakers)
+    tip = nodes.wait_converged(stakers, 60, min_height=2)
+    offender, node = stakers[1], stakers[0]
+    key = staking_key(offender)
+    params = nodes.params
+    parent = node.client.block(tip["height"])
+    slot = parent["timestamp_ms"] // params.slot_ms + 1
+    headers = [
+        sign_header(Header(HEADER_VERSION, parent["height"] + 1, bytes.fromhex(parent["hash"]), merkle_root([]),
+                           slot * params.slot_ms + offset, parent["difficulty"], key.address), key, params.network_id)
+        for offset in (0, 1)
+    ]
+    txids = [node.submit(sign_tx(FUNDED[i], params.network_id, kind=EVIDENCE, nonce=0, fee=FEE + i, amount=0,
+                                 payload=encode_evidence(*headers)).raw) for i in (0, 1)]
+    height = node.height()
+    node.wait_for_height(height + 4, 60)
+    confirmed = [t for t in txids if node.tx_status(t) == "confirmed"]
+    assert len(confirmed) == 1, [node.tx_status(t) for t in txids]
+    assert node.client.account(offender.wallet_address())["stake"] == 0
+    assert "rejected" not in node.log_text(), "a producer built an invalid block"
+    nodes.wait_converged(stakers, 30, min_height=height + 4)

@@ -106,3 +106,29 @@ def test_a_slot_whose_block_lost_to_an_earlier_one_is_not_signed_again(tmp_path)
         assert refs.blocks() == [ours], "signed a second block for the same slot"
     finally:
         store.close()
+
+
+def test_a_template_is_cut_to_the_transactions_that_apply_together(tmp_path):
+    """Evidence reaches a third account (the offender's): a second report of the same double
+    signing, or the offender's unbond after it, is valid alone and not after it. The staker
+    leaves those out instead of signing a block that every node refuses."""
+    params, store, clock, refs, actor = setup(tmp_path, (1000, 1000))
+    try:
+        b = PosBuilder(params)
+        genesis = b.genesis
+        signed = b.forge(parent=genesis.hash, slot=b.slot(genesis) + 3, staker_index=1)
+        proof = (signed.header, b.double_sign(signed))
+        first, second = (b.evidence(key(i), *proof, nonce=0, fee=10 - i) for i in (0, 1))
+        unbond = b.unbond(staker(1), 500, nonce=0)
+        payment = b.tx(key(2), nonce=0, amount=7, recipient=key(9).address)
+        start = b.slot(genesis) + 1
+        slot = next(s for s in range(start, start + 10_000) if b.is_eligible(genesis.hash, s, 0))
+        clock.now = slot * params.slot_ms + 10
+        actor.on_receive(SlotTick(slot))
+        actor.on_receive(BlockTemplateTxs(genesis.hash, (first, second, unbond, payment)))
+        (block,) = refs.blocks()
+        assert block.txs == (first, payment)
+        result = store.add_block(block, clock.now)
+        assert result.status == "connected" and store.account(staker(1).address).stake == 0
+    finally:
+        store.close()
