@@ -34,7 +34,14 @@ from chain.consensus import HeaderContext, check_header_context
 from chain.encoding import sha256
 from chain.keys import SigningKey
 from chain.params import POS, ChainParams, genesis_accounts, genesis_header
-from chain.pos import ProofOfStake, encode_evidence, epoch_seed_height, eligible, sign_header, slot_of
+from chain.pos import (
+    ProofOfStake,
+    eligible,
+    encode_evidence,
+    epoch_seed_height,
+    sign_header,
+    slot_of,
+)
 from chain.state import EMPTY, Account, TxContext, apply_block
 from chain.tx import BOND, EVIDENCE, TRANSFER, UNBOND, Transaction, sign_tx
 from tests.chainbuilder import GENESIS_TIME_MS, INITIAL_BALANCE, key
@@ -44,7 +51,7 @@ STAKE = 1_000_000
 MAX_SLOTS = 100_000  # a search for an eligible slot that goes beyond this is a bug in the test
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def staker(index: int) -> SigningKey:
     """The key of staker `index`, the same on every run (distinct from chainbuilder keys)."""
     return SigningKey.from_seed(sha256(b"peerledger/tests/staker/%d" % index))
@@ -290,7 +297,8 @@ class PosBuilder:
             stake = base.get(signer.address, EMPTY).stake
             self.engine.check_stake(header, ctx, stake, self.total_stake(parent_hash))
             check_block_shape(block, self.params.max_block_bytes, self.params.max_block_txs)
-        change = apply_block(base.get, block.txs, header.producer, self.params.block_reward, self.tx_context(header.height))
+        change = apply_block(base.get, block.txs, header.producer, self.params.block_reward,
+                             self.tx_context(header.height))
         state = dict(base)
         state.update(change.updated)
         self._headers[header.hash] = header
@@ -314,7 +322,7 @@ class PosBuilder:
         return blocks
 
 
-def replay_accounts(store) -> dict[bytes, Account]:  # noqa: ANN001 - any object with the Store read API
+def replay_accounts(store) -> dict[bytes, Account]:
     """Every account after replaying the main chain of a PoS `store` from genesis, with the
     rules of `apply_block` (staking on, evidence checked by the engine)."""
     params = store.params

@@ -148,8 +148,9 @@ def run_pos(root: Path, blocks: int, *, producing: bool = True, seconds: float =
 
 
 def table(rows: list[Figure], pow_row: Figure) -> str:
-    lines = [f"{'network (1 node, 1 s interval)':32} {'blocks':>6} {'wall s':>7} {'CPU s':>7} {'% core':>7} "
-             f"{'CPU s/block':>12} {'vs PoW':>8}"]
+    header = (f"{'network (1 node, 1 s interval)':32} {'blocks':>6} {'wall s':>7} {'CPU s':>7} {'% core':>7} "
+              f"{'CPU s/block':>12} {'vs PoW':>8}")
+    lines = [header]
     for r in rows:
         per_block = f"{r.cpu_per_block:.4f}" if r.blocks else "-"
         vs = f"{r.cpu_per_block / pow_row.cpu_per_block * 100:.2f}%" if r.blocks else "-"
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = pos.cpu_per_block / pow_.cpu_per_block
     print()
     print(table(rows, pow_))
-    print(f"\nPoS / PoW CPU per block: {ratio * 100:.2f}% (goal < {GOAL * 100:g}%): {'met' if ratio < GOAL else 'MISSED'}")
+    verdict = "met" if ratio < GOAL else "MISSED"
+    print(f"\nPoS / PoW CPU per block: {ratio * 100:.2f}% (goal < {GOAL * 100:g}%): {verdict}")
     print(f"of which an idle node's own upkeep: {idle.cores * pos.wall_s / pos.blocks:.4f} CPU s per "
           f"{pos.wall_s / pos.blocks:.2f} s interval; staking itself "
           f"{max(0.0, pos.cpu_per_block - idle.cores * pos.wall_s / pos.blocks):.4f} CPU s per block")

@@ -10,9 +10,9 @@ standard deviation, not a retry budget.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chain.block import HEADER_VERSION, MAX_HEADER_SIZE, Block, Header, decode_header
-from chain.consensus import HeaderContext, check_header_context, engine_for
+from chain.consensus import HeaderContext, engine_for
 from chain.encoding import Writer, sha256
 from chain.errors import ChainError, Code
 from chain.keys import SigningKey, address_of
@@ -28,14 +28,22 @@ from chain.params import POS, ChainParams, genesis_accounts, genesis_header
 from chain.pos import (
     PROOF_SIZE,
     ProofOfStake,
+    eligible,
     encode_evidence,
     epoch_seed_height,
-    eligible,
     header_signer,
     sign_header,
     slot_of,
 )
-from chain.state import EMPTY, SLASH_REPORTER_PERCENT, Account, Evidence, TxContext, apply_block, spendable
+from chain.state import (
+    EMPTY,
+    SLASH_REPORTER_PERCENT,
+    Account,
+    Evidence,
+    TxContext,
+    apply_block,
+    spendable,
+)
 from chain.tx import BOND, EVIDENCE, TRANSFER, UNBOND, sign_tx
 from peerledger.config import load_genesis
 from tests.chainbuilder import INITIAL_BALANCE, key, make_params
@@ -63,7 +71,7 @@ def template(**fields: object) -> Header:
     return Header(**values)  # type: ignore[arg-type]
 
 
-def code_of(call, *args) -> Code:  # noqa: ANN001
+def code_of(call, *args) -> Code:
     with pytest.raises(ChainError) as info:
         call(*args)
     return info.value.code
@@ -329,11 +337,11 @@ def test_difficulty_halves_when_half_the_stake_goes_offline_and_the_interval_rec
     for run in range(12):
         name = b"run %d" % run
         warm = simulate(params, [0, 1, 2, 3], 60, (genesis_header(params), None), name)
-        steady += [b.timestamp_ms - a.timestamp_ms for a, b in zip(warm[19:], warm[20:])]
+        steady += [b.timestamp_ms - a.timestamp_ms for a, b in itertools.pairwise(warm[19:])]
         d_before = warm[-1].difficulty
         half = simulate(params, [0, 1], 60, (warm[-1], warm[-2]), name + b"/half")
         ts = [warm[-1].timestamp_ms] + [h.timestamp_ms for h in half]
-        intervals = [b - a for a, b in zip(ts, ts[1:])]
+        intervals = [b - a for a, b in itertools.pairwise(ts)]
         first_after += intervals[:3]
         settled.append(half[-1].difficulty / d_before)
         later_intervals += intervals[25:]
@@ -458,12 +466,12 @@ class Ledger:
     def next_nonce(self, signer: SigningKey) -> int:
         return self.get(signer.address).nonce
 
-    def apply(self, height: int, *txs, reward: int = 0):  # noqa: ANN002, ANN201
+    def apply(self, height: int, *txs, reward: int = 0):
         change = apply_block(self.accounts.get, txs, REWARD_TO, reward, self.b.tx_context(height))
         self.accounts.update(change.updated)
         return change
 
-    def refused(self, height: int, *txs) -> Code:  # noqa: ANN002
+    def refused(self, height: int, *txs) -> Code:
         with pytest.raises(ChainError) as info:
             apply_block(self.accounts.get, txs, REWARD_TO, 0, self.b.tx_context(height))
         return info.value.code
@@ -558,7 +566,7 @@ def test_evidence_against_a_key_without_stake_is_refused(ledger):
 
 
 def test_invalid_evidence_refuses_the_whole_block(ledger, double_signed):
-    b, first, second = double_signed
+    b, first, _ = double_signed
     good = b.tx(REPORTER, nonce=0, amount=5, recipient=key(6).address)
     bad = b.tx(REPORTER, nonce=1, kind=EVIDENCE, payload=_payload(first.raw, first.raw))
     assert ledger.refused(3, good, bad) == Code.BAD_EVIDENCE

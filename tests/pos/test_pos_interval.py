@@ -16,6 +16,7 @@ tighter bound would turn into flakiness, not information.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 from tests.pos.posnet import POS_GENESIS, add_stakers, block_timestamps, producers
@@ -37,7 +38,7 @@ def test_five_stakers_keep_the_block_interval_and_converge(nodes):
     common = nodes.wait_converged(stakers, 30, min_height=end)
 
     timestamps = block_timestamps(first, start, end)
-    intervals = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    intervals = [b - a for a, b in itertools.pairwise(timestamps)]
     target = POS_GENESIS["block_interval_ms"]
     mean = statistics.mean(intervals)
     print(f"mean interval over blocks {start}..{end}: {mean:.0f} ms (target {target}), "

@@ -47,11 +47,11 @@ class Supervisor:
         raise AssertionError(f"{name} failed: {error!r}")
 
 
-def transfer(i: int, params):  # noqa: ANN001, ANN201
+def transfer(i: int, params):
     return sign_tx(key(i), params.network_id, nonce=0, fee=1, recipient=key(9).address, amount=5)
 
 
-def setup(tmp_path, stakes):  # noqa: ANN001, ANN201
+def setup(tmp_path, stakes):
     params = make_pos_params(stakes=stakes, initial_difficulty=1)
     store = Store.open(tmp_path / "data", params, map_size=1 << 24)
     clock, refs = Clock(), Recorder()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from chain.block import Block, Header
+from chain.block import Block
 from chain.errors import ChainError, Code
 from chain.keys import SigningKey
 from chain.params import genesis_accounts
