@@ -18,10 +18,10 @@ from actors.directory import ActorDirectory
 from actors.messages import AddBlock, BlockTemplateTxs, Tick, TipChanged, WantTxs
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.consensus import HeaderContext
+from chain.errors import ChainError
 from chain.keys import SigningKey
 from chain.params import ChainParams
 from chain.pos import eligible, sign_header, slot_of
-from chain.errors import ChainError
 from chain.state import EMPTY, Overlay, TxContext, apply_tx
 from chain.tx import EVIDENCE, Transaction
 from storage.store import Store
