@@ -6,8 +6,9 @@ chain holds at most one block per slot. A staker with key K is eligible in slot 
     H(epoch seed | s | K) * difficulty * total_stake  <  2**256 * stake(K)
 
 so, summed over all stake, one slot in `difficulty` has a producer. The epoch seed is the
-hash of the first block of the epoch before the previous one: fixed long before the slot,
-so that a staker cannot grind it by reshuffling the block it is producing. Difficulty is
+hash of the first block of the previous epoch (`epoch_seed_height`; genesis for the first
+two epochs): fixed at least `epoch_length` blocks before it is used, so that a staker cannot
+grind it by reshuffling the block it is producing. Difficulty is
 adjusted every block exactly as in Proof of Work (ASERT on the parent's solvetime): when
 stakers go offline, blocks come later, difficulty falls and the rest keep the configured
 interval. Fork choice is by cumulative difficulty, like cumulative work.
