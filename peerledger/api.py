@@ -51,6 +51,13 @@ _STATUS_OF = {
 }
 
 
+# Codes of the errors http.server itself answers (malformed request line or headers).
+_HTTP_ERROR_CODES = {
+    HTTPStatus.METHOD_NOT_ALLOWED: "method_not_allowed",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "body_too_large",
+}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -215,9 +222,22 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("api %s %s", self.address_string(), format % args)
 
+    def parse_request(self) -> bool:
+        self._body_read = False
+        return super().parse_request()
+
+    def _unread_body(self) -> bool:
+        """Whether the request announced a body that was not read (refused before reading)."""
+        if self._body_read:
+            return False
+        length = (self.headers.get("Content-Length") or "0").strip()
+        return self.headers.get("Transfer-Encoding") is not None or length != "0"
+
     def _send(self, status: int, document: Any) -> None:
         payload = json.dumps(document, separators=(",", ":")).encode()
         self.send_response(status)
+        if self._unread_body():  # on a kept-alive connection it would be read as the next request
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -269,9 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             raise ApiError(411, "bad_request", "Content-Length is required")
         if int(length) > self.max_body:
-            self.close_connection = True  # do not read what we refuse
-            raise ApiError(413, "body_too_large", f"body of {length} bytes exceeds {self.max_body}")
-        return self.rfile.read(int(length))
+            raise ApiError(413, "body_too_large", f"body of {length} bytes exceeds {self.max_body}")  # left unread
+        body = self.rfile.read(int(length))
+        self._body_read = True
+        return body
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._route("GET")
@@ -282,7 +303,29 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         self._error(ApiError(405, "method_not_allowed", "only GET and POST"))
 
-    do_DELETE = do_PUT
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server finds itself (request line, headers, unknown methods) are JSON
+        with a stable code too, instead of its HTML page."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # a method with no do_* (HEAD, or any other word)
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, "only GET and POST"
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        payload = json.dumps(
+            {"error": {"code": _HTTP_ERROR_CODES.get(code, "bad_request"), "message": message or phrase}},
+            separators=(",", ":"),
+        ).encode()
+        self.log_message("code %d, message %s", code, message or phrase)
+        self.send_response(code, phrase)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
 
 class _Server(ThreadingHTTPServer):
