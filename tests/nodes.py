@@ -578,7 +578,8 @@ class NodeProcess:
              *, content_length: bool = True, timeout: float = 10.0) -> tuple[int, Any]:
         """One raw HTTP request to the API, for requests ApiClient would never send.
 
-        Answers (status, decoded JSON body or None). `content_length=False` leaves the
+        Answers (status, decoded JSON body, None if empty, or the text of a body that is not
+        JSON). `content_length=False` leaves the
         Content-Length header out even when there is a body.
         """
         connection = http.client.HTTPConnection(*self.api_address, timeout=timeout)
@@ -594,7 +595,10 @@ class NodeProcess:
                 connection.send(body)
             response = connection.getresponse()
             data = response.read()
-            return response.status, (json.loads(data) if data else None)
+            try:
+                return response.status, (json.loads(data) if data else None)
+            except ValueError:
+                return response.status, data.decode(errors="replace")  # not JSON: the text, for the failure
         finally:
             connection.close()
 

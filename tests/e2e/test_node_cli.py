@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import time
 
@@ -249,11 +250,53 @@ def test_bad_api_requests_get_json_errors_and_change_nothing(nodes):
         assert got == (status, code), f"{method} {path[:40]} {body[:20] if body else body}: {got}"
     got = error_of(node.http("POST", "/txs", b'{"tx": "00"}', json_type, content_length=False))
     assert got == (411, "bad_request"), got
+    for method in ("PATCH", "OPTIONS", "BREW"):
+        assert error_of(node.http(method, "/status")) == (405, "method_not_allowed"), method
+    assert node.http("HEAD", "/status") == (405, None)  # a HEAD answer has no body
+
+    # What http.server itself refuses is JSON too.
+    for request, status in [
+        (b"GARBAGE\r\n\r\n", None),  # not even a request line (answered as HTTP/0.9: no status line)
+        (b"GET /status HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /status HTTP/1.1\r\n" + b"X: a\r\n" * 200 + b"\r\n", 431),
+    ]:
+        head, body = raw_exchange(node, request)
+        assert status is None or head.startswith(f"HTTP/1.1 {status} "), head
+        assert json.loads(body)["error"]["code"] == "bad_request", body
+
+    # A body refused before it was read closes the connection: on a kept-alive one, its
+    # bytes would otherwise be taken for the next request.
+    for refused in (
+        b"POST /txs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /txs HTTP/1.1\r\nHost: x\r\nContent-Length: 2049\r\n\r\n" + b"x" * 2049,
+    ):
+        head, body = raw_exchange(node, refused + b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert "Connection: close" in head and body.count("{") == 2, (head, body)  # one error, nothing after
+    # A body that was read leaves the connection usable.
+    head, body = raw_exchange(node, b"POST /txs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                                    b"GET /peers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert body.endswith("[]"), body
 
     after = node.status()
     for field in ("height", "tip", "state_hash", "mempool_size", "mempool_bytes"):
         assert after[field] == before[field], field
     node.stop()  # and it is still a healthy node that stops cleanly
+
+
+def raw_exchange(node: NodeProcess, request: bytes) -> tuple[str, str]:
+    """Send raw bytes to the API; answers (head, body) of everything it sent back until it closed."""
+    with socket.create_connection(node.api_address, timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:  # closed with our unread bytes in its buffer: keep what came first
+            if not data:
+                raise
+    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
+    return (head, body) if head.startswith("HTTP/") else ("", data.decode(errors="replace"))
 
 
 def merge_config(*parts: dict) -> dict:
