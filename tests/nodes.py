@@ -65,6 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0  # init + interpreter start + store open; generous for a loaded CI box
 STOP_TIMEOUT_S = 5.0  # what DESIGN promises a user for SIGINT/SIGTERM
 CLI_TIMEOUT_S = 60.0
+API_PORT_ATTEMPTS = 3  # fresh API ports tried when the one found free was taken before the node bound it
 
 # Test wallets funded at genesis: key(0) .. key(3) of tests.chainbuilder (fixed seeds).
 FUNDED: tuple[SigningKey, ...] = tuple(key(i) for i in range(4))
@@ -406,7 +407,22 @@ class NodeProcess:
             except ApiClientError:
                 return None
 
-        return wait_until(ready, timeout, interval=0.05, message=f"{self.name}'s API at {self.api_address}")
+        for attempt in range(API_PORT_ATTEMPTS):
+            try:
+                return wait_until(ready, timeout, interval=0.05, message=f"{self.name}'s API at {self.api_address}")
+            except NodeExited:
+                # The free port found for the API was taken meanwhile by another process of
+                # this busy machine (peers name only the listen port, so the API's may move).
+                taken = "cannot listen for the API" in self._last_run_log() and "in use" in self._last_run_log()
+                if not taken or self.netns or attempt == API_PORT_ATTEMPTS - 1:
+                    raise
+                self.config["api"]["listen"] = f"{self.host}:{free_ports(1)[0]}"
+                self.write_config()
+                self.spawn()
+        raise AssertionError("unreachable")
+
+    def _last_run_log(self) -> str:
+        return self.log_text().rsplit("----- start ", 1)[-1]
 
     def assert_running(self) -> None:
         if not self.running:
