@@ -25,8 +25,9 @@ namespace (`add_node(..., host=..., netns=...)`, see tests/netlab.py): its proce
 started with `ip netns exec`, and it listens (peers and API) on that namespace's address.
 
 Each node process runs in its own session (and so its own process group): its mining and
-validation workers stay in that group, `kill()` reaches them all, and "nothing left behind"
-is checked by scanning /proc for live processes of that session. `Network.cleanup()`, run
+validation workers stay in that group. `kill()` is a crash of the node process alone (its
+workers must then end by themselves), `kill_group()` reaches them all, and "nothing left
+behind" is checked by scanning /proc for live processes of that session. `Network.cleanup()`, run
 by the fixture at teardown whatever the test did, kills every group still alive and fails
 the test if any process outlives it.
 """
