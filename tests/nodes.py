@@ -217,6 +217,7 @@ def peerledger(*args: str, cwd: Path | None = None, env: Mapping[str, str] | Non
     full_env.update(env or {})
     return subprocess.run(
         [PYTHON, "-m", "peerledger", *args],
+        check=False,
         cwd=cwd,
         env=full_env,
         input=stdin,

@@ -94,9 +94,9 @@ def test_mine_then_pay_with_the_wallet_commands(nodes):
     before = node.height()
     shown = node.cli("status").stdout
     after = node.height()
-    height = int(re.search(r"^height\s+(\d+)$", shown, re.M)[1])
+    height = int(re.search(r"^height\s+(\d+)$", shown, re.MULTILINE)[1])
     assert before <= height <= after, shown
-    assert re.search(r"^producing\s+\d+ hashes/s", shown, re.M), shown
+    assert re.search(r"^producing\s+\d+ hashes/s", shown, re.MULTILINE), shown
 
     bob = node.cli("wallet", "new", "--name", "bob").stdout.strip()
     assert bob.startswith("pl") and len(bob) == 41
