@@ -9,11 +9,12 @@ Sockets, all in this Transport's own zmq.Context and all polled by one zmq.Polle
   ThreadAuthenticator thread). It accepts a CURVE client when there is no allow-list or its
   key is on it, and replies with user-id = the client key as 64 lowercase hex characters;
 - a monitor PAIR for the ROUTER and for every DEALER (connection events);
-- the read end of a wake-up pipe (see "command channel").
+- the read end of a wake-up pipe (see "command channel");
+- optionally a PUB bound to the notifications address (see "notifications").
 
 Threading rule. pyzmq sockets are not thread-safe, so no other thread touches them.
-`start`, `stop`, `dial`, `hang_up`, `ban`, `send`, `send_many`, `stats` and `bound_port` are
-safe from any thread; `send` encodes in the caller's thread and never blocks. `on_event` is
+`start`, `stop`, `dial`, `hang_up`, `ban`, `send`, `send_many`, `publish`, `stats`,
+`bound_port` and `publish_port` are safe from any thread; `send` encodes in the caller's thread and never blocks. `on_event` is
 called in the loop thread (see transport.events): keep it cheap.
 
 Command channel: two bounded queue.Queue objects (sends; dial/hang-up) plus a non-blocking
@@ -41,6 +42,15 @@ Bans: `ban(key, seconds)` gives the network actor's timed bans teeth below the a
 a key is banned, ZAP refuses its handshakes, its frames on a connection that is already
 open are dropped before decoding (counted, no event), and it is not dialled.
 
+Notifications: `publish(topic, body)` hands the loop one message for the PUB socket, as
+bitcoind's -zmqpub* do, through its own bounded queue (a burst of notifications never
+delays peer traffic, and never blocks the caller: a full queue drops and counts). Each
+message is three frames: [topic, body, sequence], the sequence an unsigned 64-bit
+little-endian integer counting the messages of that topic from 0 at start. It is taken
+when `publish` is called, so a message dropped here or by the PUB socket's high-water
+mark (zmq drops silently for a slow subscriber) leaves a gap the subscriber can see, and a
+restarted node starts again at 0. The PUB is plaintext: it belongs on loopback.
+
 Reconnect: zmq reconnects an outbound DEALER by itself with capped exponential backoff
 (RECONNECT_IVL doubling up to RECONNECT_IVL_MAX). Every successful handshake gives LinkUp
 again and every disconnect LinkDown, because messages in flight are lost and a reconnected
@@ -60,7 +70,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -94,6 +104,8 @@ RECONNECT_IVL_MS = 500  # first reconnect delay after a drop...
 RECONNECT_IVL_MAX_MS = 30_000  # ...doubling on every failed attempt up to this cap
 SEND_QUEUE_SIZE = 10_000  # frames waiting for the loop, all peers together
 CONTROL_QUEUE_SIZE = 1_000  # dial / hang-up commands waiting for the loop
+PUBLISH_QUEUE_SIZE = 10_000  # notifications waiting for the loop
+PUBLISH_HWM = 1000  # notifications queued per subscriber by the PUB socket
 POLL_TIMEOUT_MS = 100  # the loop wakes at least this often, so stop() is prompt
 BATCH = 500  # frames taken from one socket or queue per turn, so none starves the others
 START_TIMEOUT_S = 5.0  # start() waits this long for the loop to bind
@@ -139,6 +151,7 @@ class TransportStats:
     send_queue: int  # frames waiting for the loop now
     links_out: int  # outbound links up now
     links_in: int  # inbound links known now
+    published: dict[str, int] = field(default_factory=dict)  # notifications sent, by topic
 
 
 class _Outbound:
@@ -184,6 +197,9 @@ class Transport:
         reconnect_ivl_max_ms: int = RECONNECT_IVL_MAX_MS,
         send_queue_size: int = SEND_QUEUE_SIZE,
         control_queue_size: int = CONTROL_QUEUE_SIZE,
+        publish_listen: tuple[str, int] | None = None,
+        publish_hwm: int = PUBLISH_HWM,
+        publish_queue_size: int = PUBLISH_QUEUE_SIZE,
     ) -> None:
         if len(public_key) != KEY_SIZE or len(secret_key) != KEY_SIZE:
             raise ValueError(f"node keys must be {KEY_SIZE} raw bytes")
@@ -197,10 +213,13 @@ class Transport:
             if bad:
                 raise ValueError(f"allow-list entries must be {KEY_SIZE}-byte keys ({len(bad)} are not)")
         for name, value in (("sndhwm", sndhwm), ("rcvhwm", rcvhwm), ("send_queue_size", send_queue_size),
-                            ("control_queue_size", control_queue_size), ("max_message_bytes", max_message_bytes)):
+                            ("control_queue_size", control_queue_size), ("max_message_bytes", max_message_bytes),
+                            ("publish_hwm", publish_hwm), ("publish_queue_size", publish_queue_size)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive (bounded), got {value}")
         tcp_endpoint(host, port)  # validates host and port now, in the caller's thread
+        if publish_listen is not None:
+            tcp_endpoint(*publish_listen)
 
         self._public = bytes(public_key)
         self._secret = bytes(secret_key)
@@ -214,10 +233,15 @@ class Transport:
         self._rcvhwm = rcvhwm
         self._heartbeat = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
         self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
+        self._publish_listen = publish_listen
+        self._publish_hwm = publish_hwm
 
         # Shared between threads.
         self._sends: queue.Queue[tuple[bytes, MessageType, bytes]] = queue.Queue(send_queue_size)
         self._control: queue.Queue[tuple] = queue.Queue(control_queue_size)
+        self._publications: queue.Queue[tuple[bytes, bytes, bytes]] = queue.Queue(publish_queue_size)
+        self._sequences: dict[bytes, int] = {}  # topic -> next sequence number; under _publish_lock
+        self._publish_lock = threading.Lock()  # sequence order is queue order
         self._lock = threading.Lock()  # counters and link counts
         self._wake_lock = threading.Lock()  # the pipe's write end vs. its closing
         self._wake_r: int | None = None
@@ -236,6 +260,7 @@ class Transport:
         self._drops: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
+        self._published: Counter[str] = Counter()
         self._links_out = 0
         self._links_in = 0
 
@@ -244,6 +269,8 @@ class Transport:
         self._router: zmq.Socket | None = None
         self._router_monitor: zmq.Socket | None = None
         self._zap: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
+        self._publish_port: int | None = None
         self._poller = zmq.Poller()
         self._outbound: dict[bytes, _Outbound] = {}
         self._by_socket: dict[zmq.Socket, _Outbound] = {}
@@ -263,6 +290,11 @@ class Transport:
         if self._bound_port is None:
             raise TransportError("the transport is not listening yet (call start())")
         return self._bound_port
+
+    @property
+    def publish_port(self) -> int | None:
+        """The port the notifications PUB socket is bound to; None without notifications."""
+        return self._publish_port
 
     def is_allowed(self, key: bytes) -> bool:
         return self._allow is None or key in self._allow
@@ -382,6 +414,25 @@ class Transport:
         frame = encode_message(self._magic, message)
         return sum(self._enqueue(key, message.TYPE, frame) for key in keys)
 
+    def publish(self, topic: bytes, body: bytes) -> bool:
+        """Queue one notification [topic, body, sequence] for the PUB socket (see the module
+        docstring). Never blocks; False if it was dropped (counted) or there is no PUB."""
+        if self._publish_listen is None:
+            return False
+        if self._closed:
+            self._count(self._drops, "not_running")
+            return False
+        with self._publish_lock:
+            sequence = self._sequences.get(topic, 0)
+            self._sequences[topic] = sequence + 1
+            try:
+                self._publications.put_nowait((topic, body, sequence.to_bytes(8, "little")))
+            except queue.Full:
+                self._count(self._drops, "publish_queue_full")
+                return False
+        self._wake()
+        return True
+
     def stats(self) -> TransportStats:
         with self._lock:
             return TransportStats(
@@ -395,6 +446,7 @@ class Transport:
                 send_queue=self._sends.qsize(),
                 links_out=self._links_out,
                 links_in=self._links_in,
+                published=dict(self._published),
             )
 
     # --- caller-side helpers ---------------------------------------------------------------
@@ -493,6 +545,22 @@ class Transport:
         for sock in (self._zap, self._router_monitor, router):
             self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        if self._publish_listen is not None:
+            self._bind_publisher(*self._publish_listen)
+
+    def _bind_publisher(self, host: str, port: int) -> None:
+        pub = self._ctx.socket(zmq.PUB)
+        self._pub = pub
+        pub.linger = 0
+        pub.sndhwm = self._publish_hwm
+        if is_ipv6(host):
+            pub.ipv6 = 1
+        try:
+            pub.bind(tcp_endpoint(host, port))
+        except zmq.ZMQError as exc:
+            where = format_host_port(host, port)
+            raise TransportError(f"cannot publish notifications on {where}: {exc.strerror}") from None
+        self._publish_port = int(pub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
 
     def _configure(self, sock: zmq.Socket) -> None:
         """Options every peer-facing socket gets, before bind/connect."""
@@ -536,6 +604,8 @@ class Transport:
             if out.socket in ready and out.key in self._outbound:
                 self._on_dealer(out)
         more = self._handle_sends() or more
+        if self._pub is not None:
+            more = self._handle_publications() or more
         return 0 if more else POLL_TIMEOUT_MS
 
     def _teardown(self) -> None:
@@ -546,10 +616,10 @@ class Transport:
                 self._router.disable_monitor()
             except zmq.ZMQError:
                 pass
-        for sock in (self._router_monitor, self._router, self._zap):
+        for sock in (self._router_monitor, self._router, self._zap, self._pub):
             if sock is not None:
                 sock.close(linger=0)
-        self._router_monitor = self._router = self._zap = None
+        self._router_monitor = self._router = self._zap = self._pub = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)  # closes anything left and terminates the context
             self._ctx = None
@@ -677,6 +747,21 @@ class Transport:
         with self._lock:
             self._messages_out[mtype.name] += 1
             self._bytes_out[mtype.name] += len(frame)
+
+    def _handle_publications(self) -> bool:
+        for _ in range(BATCH):
+            try:
+                topic, body, sequence = self._publications.get_nowait()
+            except queue.Empty:
+                return False
+            try:
+                self._pub.send_multipart((topic, body, sequence), zmq.NOBLOCK)  # PUB drops, never blocks
+            except zmq.ZMQError as exc:
+                log.warning("notification topic=%s not published: %s", topic.decode(errors="replace"), exc)
+                self._count(self._drops, "publish_error")
+                continue
+            self._count(self._published, topic.decode(errors="replace"))
+        return not self._publications.empty()
 
     # ZAP
 
