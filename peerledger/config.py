@@ -43,6 +43,7 @@ __all__ = [
     "MempoolSettings",
     "NetworkSettings",
     "NodeSettings",
+    "NotificationsSettings",
     "ProducerSettings",
     "Settings",
     "Spec",
@@ -459,6 +460,15 @@ class ApiSettings:
 
 
 @dataclass(**_KW)
+class NotificationsSettings:
+    enabled: bool = _setting(Bool(), False, "publish new blocks, transactions and reorganisations on a zmq PUB socket")
+    listen: str = _setting(HostPort(), "127.0.0.1:9702", "host:port of the PUB socket; keep it on loopback unless needed")
+    high_water_mark: int = _setting(
+        Int(1, 1_000_000), 1000, "messages queued per subscriber; beyond, a slow subscriber misses some (a gap)"
+    )
+
+
+@dataclass(**_KW)
 class Settings:
     """Everything a node is configured with; `source` is the absolute path of its file."""
 
@@ -469,6 +479,7 @@ class Settings:
     producer: ProducerSettings
     validation: ValidationSettings
     api: ApiSettings
+    notifications: NotificationsSettings
     source: Path
 
 
@@ -580,16 +591,26 @@ def _check_together(s: Settings, source: Path) -> None:
             "[network] peer_timeout_s",
             f"expected a number of seconds > ping_interval_s ({net.ping_interval_s:g}), got {net.peer_timeout_s:g}",
         )
-    if net.enabled and s.api.enabled:
-        net_host, net_port = split_host_port(net.listen)
-        api_host, api_port = split_host_port(s.api.listen)
-        overlap = net_host == api_host or _is_unspecified(net_host) or _is_unspecified(api_host)
-        if net_port == api_port != 0 and overlap:
-            raise ConfigError(
-                source,
-                "[api] listen",
-                f"port {api_port} is also [network] listen ({_show(net.listen)}); give them different ports",
-            )
+    if s.notifications.enabled and not net.enabled:
+        raise ConfigError(
+            source,
+            "[notifications] enabled",
+            "needs [network] enabled = true (the network's socket thread publishes them)",
+        )
+    listeners = [
+        (f"[{section}] listen", getattr(s, section).listen)
+        for section in ("network", "api", "notifications")
+        if getattr(s, section).enabled
+    ]
+    for number, (key, address) in enumerate(listeners):
+        host, port = split_host_port(address)
+        for earlier_key, earlier in listeners[:number]:
+            earlier_host, earlier_port = split_host_port(earlier)
+            overlap = host == earlier_host or _is_unspecified(host) or _is_unspecified(earlier_host)
+            if port == earlier_port != 0 and overlap:
+                raise ConfigError(
+                    source, key, f"port {port} is also {earlier_key} ({_show(earlier)}); give them different ports"
+                )
 
 
 # --------------------------------------------------------------------------- rendering

@@ -253,6 +253,11 @@ def test_the_documented_example_message(tmp_path):
         ('[network]\nlisten = "300.1.1.1:9700"\n', ["[network] listen", "not an IPv4 address"]),
         ('[network]\nadvertise = "0.0.0.0:9700"\n', ["[network] advertise", "cannot dial"]),
         ('[api]\nlisten = "127.0.0.1:9700"\n', ["[api] listen", "port 9700 is also [network] listen"]),
+        ('[notifications]\nenabled = true\nlisten = "127.0.0.1:9701"\n',
+         ["[notifications] listen", "port 9701 is also [api] listen"]),
+        ('[network]\nenabled = false\n[notifications]\nenabled = true\n',
+         ["[notifications] enabled", "needs [network] enabled = true"]),
+        ("[notifications]\nhigh_water_mark = 0\n", ["[notifications] high_water_mark", "1..1000000, got 0"]),
         # seeds and allow-list
         (f'[network]\nseeds = ["{KEY}"]\n', ["[network] seeds", "entry 1", 'missing "@"']),
         (f'[network]\nseeds = ["{KEY}@10.0.0.2:9700", "abcd@10.0.0.3:9700"]\n',
