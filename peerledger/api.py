@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import socketserver
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,7 +124,7 @@ class Api:
             "cumulative_weight": str(tip.weight),
             "state_hash": tip.state_hash,
             "tx_count": tip.tx_count,
-            "peers": len(peers),
+            "peers": sum(1 for p in peers if p.get("ready")),  # handshaken sessions, not bans
             "syncing": node.syncing() if hasattr(node, "syncing") else False,
             "mempool_size": mempool["size"],
             "mempool_bytes": mempool["bytes"],
@@ -337,6 +338,12 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # http.server looks up the host's FQDN here: a reverse DNS query that stalls ~10 s on
+        # a Pi whose name server is unreachable. The name is only cosmetic; skip it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
         if not self._slots.acquire(blocking=False):
