@@ -32,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.base import NodeActor, Supervisor
+from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.messages import (
@@ -101,6 +101,7 @@ SEED_RETRY_MAX_MS = 30_000  # a seed that refused us is dialled again at least t
 PERSIST_EVERY_MS = 30_000
 MAX_TXS_BYTES = 2_000_000  # bytes of transactions per TXS reply
 SCORES_KEPT = 10_000
+SCORE_DECAY_PER_MINUTE = 5  # rare harmless glitches must not add up to a ban over months
 
 # Points per kind of misbehaviour; ban_threshold (default 100) bans.
 REJECT_POINTS = {
@@ -193,9 +194,11 @@ class NetworkActor(NodeActor):
         self.tx_requests: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (peer, ms)
         self.rejected_txs = _LruSet(RECENT_REJECTS)
         self._last_persist_ms = 0
+        self._last_decay_ms = 0
         self._flusher_stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self.counters = {"banned": 0, "txs_relayed": 0, "blocks_announced": 0}
+        self.counters = {"banned": 0, "misbehaviours": 0, "inbound_refused": 0, "txs_relayed": 0,
+                         "blocks_announced": 0}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -238,14 +241,14 @@ class NetworkActor(NodeActor):
                 self._on_link_down(peer, outbound, reason, now)
             case Rejected(peer, reason, _size):
                 if reason == RejectReason.WRONG_NETWORK:
-                    log.warning(
-                        "peer %s speaks another network; check it uses the same genesis spec", peer.hex()[:16]
-                    )
+                    log.warning("frame from another network peer=%s hint=%s", peer_id(peer),
+                                quoted("check that it uses the same genesis spec"))
                 elif reason == RejectReason.WRONG_VERSION:
-                    log.warning("peer %s speaks another protocol version", peer.hex()[:16])
+                    log.warning("frame of another protocol version peer=%s", peer_id(peer))
                 self._penalise(peer, REJECT_POINTS.get(reason, 20), f"sent a frame rejected as {reason}", now)
             case AuthRefused(peer, address, outbound, reason):
-                log.info("connection %s %s refused: %s", "to" if outbound else "from", address or peer.hex()[:16], reason)
+                log.info("connection refused direction=%s address=%s peer=%s reason=%s",
+                         "outbound" if outbound else "inbound", address or "-", peer_id(peer), quoted(reason))
                 if outbound:
                     self._dial_failed(peer, now)
             case Flush():
@@ -273,9 +276,13 @@ class NetworkActor(NodeActor):
             case "peers":
                 return self._peer_list(now)
             case "stats":
-                return dict(self.counters, peers=sum(1 for s in self.sessions.values() if s.ready))
+                ready = [s for s in self.sessions.values() if s.ready]
+                outbound = sum(1 for s in ready if s.outbound)
+                bans = sum(1 for until in self.book.bans.values() if until > now)
+                return dict(self.counters, peers=len(ready), peers_out=outbound, peers_in=len(ready) - outbound,
+                            bans_active=bans, sessions=len(self.sessions))
             case _:
-                log.warning("network: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=network type=%s", type(message).__name__)
         return None
 
     # --- links and handshakes -------------------------------------------------------------------
@@ -287,7 +294,9 @@ class NetworkActor(NodeActor):
         session = self.sessions.get(peer)
         if session is None:
             if not outbound and self._inbound_count() >= self.settings.max_inbound:
-                log.info("refusing inbound peer %s: %d inbound peers already", peer.hex()[:16], self.settings.max_inbound)
+                self.counters["inbound_refused"] += 1
+                log.debug("inbound peer refused peer=%s reason=max_inbound limit=%d", peer_id(peer),
+                          self.settings.max_inbound)
                 self.transport.hang_up(peer)
                 return
             session = self.sessions[peer] = Session(peer, now, last_recv_ms=now)
@@ -324,7 +333,7 @@ class NetworkActor(NodeActor):
         self.sessions.pop(session.key, None)
         self.clock.remove_sample(session.key)
         if was_ready:
-            log.info("peer %s gone (%s)", session.key.hex()[:16], reason)
+            log.info("peer gone peer=%s reason=%s", peer_id(session.key), quoted(reason))
             self.refs.tell("sync", PeerGone(session.key))
 
     def _send_hello(self, session: Session, now: int) -> None:
@@ -347,14 +356,15 @@ class NetworkActor(NodeActor):
         peer = session.key
         if hello.network_id != self.params.network_id:
             log.warning(
-                "peer %s is on network %s, we are on %s: refused (check the genesis spec)",
-                peer.hex()[:16], hello.network_id.hex()[:16], self.params.network_id.hex()[:16],
+                "peer refused peer=%s reason=other_network its_network=%s our_network=%s hint=%s",
+                peer_id(peer), hello.network_id.hex()[:16], self.params.network_id.hex()[:16],
+                quoted("check the genesis spec"),
             )
             self._penalise(peer, POINTS_BAD_HELLO, "handshake for another network", now)
             return
         if hello.protocol_version != PROTOCOL_VERSION:
-            log.warning("peer %s speaks protocol %d, we speak %d: refused", peer.hex()[:16], hello.protocol_version,
-                        PROTOCOL_VERSION)
+            log.warning("peer refused peer=%s reason=protocol_version its_version=%d our_version=%d",
+                        peer_id(peer), hello.protocol_version, PROTOCOL_VERSION)
             self._drop(peer, "incompatible protocol version", now)
             return
         if hello.node_id != peer:
@@ -375,8 +385,9 @@ class NetworkActor(NodeActor):
         if session.ready:
             if not was_ready:
                 log.info(
-                    "peer %s ready (%s, height %d)", peer.hex()[:16], "outbound" if session.outbound else "inbound",
-                    hello.best_height,
+                    "peer ready peer=%s direction=%s address=%s height=%d agent=%s", peer_id(peer),
+                    "outbound" if session.outbound else "inbound", session.address or "-", hello.best_height,
+                    quoted(hello.user_agent),
                 )
                 if not session.sent_addr:
                     self.transport.send(peer, GetAddr())
@@ -576,7 +587,8 @@ class NetworkActor(NodeActor):
         if len(self.scores) >= SCORES_KEPT and peer not in self.scores:
             self.scores.pop(next(iter(self.scores)))
         self.scores[peer] = score
-        log.info("peer %s misbehaved: %s (+%d, score %d)", peer.hex()[:16], reason, points, score)
+        self.counters["misbehaviours"] += 1
+        log.info("peer misbehaved peer=%s points=%d score=%d reason=%s", peer_id(peer), points, score, quoted(reason))
         if score >= self.settings.ban_threshold:
             self._ban(peer, reason, now)
 
@@ -585,7 +597,7 @@ class NetworkActor(NodeActor):
         self.book.ban(peer, until)
         self.scores.pop(peer, None)
         self.counters["banned"] += 1
-        log.warning("banned peer %s for %d s: %s", peer.hex()[:16], self.settings.ban_seconds, reason)
+        log.warning("peer banned peer=%s seconds=%d reason=%s", peer_id(peer), self.settings.ban_seconds, quoted(reason))
         self.transport.ban(peer, self.settings.ban_seconds)  # its frames are dropped before decoding
         self.refs.tell("storage", SavePeers({}, {peer: until}))
         self._drop(peer, "banned", now)
@@ -613,6 +625,12 @@ class NetworkActor(NodeActor):
 
     def _housekeeping(self, now: int) -> None:
         s = self.settings
+        if now - self._last_decay_ms >= 60_000:
+            self._last_decay_ms = now
+            for key in list(self.scores):
+                self.scores[key] -= SCORE_DECAY_PER_MINUTE
+                if self.scores[key] <= 0:
+                    del self.scores[key]
         for session in list(self.sessions.values()):
             silent_ms = now - session.last_recv_ms
             if not session.ready and now - session.since_ms > s.handshake_timeout_s * 1000:
