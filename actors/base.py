@@ -1,7 +1,15 @@
-"""What every actor of the node shares: failure reporting to the supervisor."""
+"""What every actor of the node shares: failure reporting to the supervisor, and the
+shape of a log line.
+
+Log lines are one line per event: a few words naming the event, then key=value pairs
+(`peer=` and `block=` carry the first 16 hex digits of a node id or a block hash; free
+text goes through `quoted`). Steady state is quiet at INFO: a line per block or per peer
+event at most; anything per transaction or per message is DEBUG.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Protocol
 
@@ -30,5 +38,20 @@ class NodeActor(pykka.ThreadingActor):
         self.supervisor = supervisor
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:  # noqa: ANN001
-        log.error("actor %s failed: %r", self.name, exception_value, exc_info=(exception_type, exception_value, traceback))
+        log.error("actor failed actor=%s error=%s", self.name, quoted(repr(exception_value)),
+                  exc_info=(exception_type, exception_value, traceback))
         self.supervisor.actor_failed(self.name, exception_value)
+
+
+def quoted(text: str) -> str:
+    """A value for a key=value log field: as is when it is one plain word, else in double
+    quotes with JSON escapes (so that a line still splits into its fields)."""
+    if text and all(c.isalnum() or c in "-_.:/@" for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def peer_id(key: bytes | None) -> str:
+    """A node id (or where a block or transaction came from) in a log line: its first 16
+    hex digits, or "self" for this node's own (API, producer)."""
+    return key.hex()[:16] if key else "self"

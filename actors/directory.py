@@ -20,6 +20,7 @@ class ActorDirectory:
     producer: pykka.ActorRef | None = None
     network: pykka.ActorRef | None = None
     sync: pykka.ActorRef | None = None
+    notifier: pykka.ActorRef | None = None
 
     def tell(self, name: str, message: object) -> None:
         """Tell the named actor if it runs in this node (a node without network has none)."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from actors.base import NodeActor, Supervisor
+from actors.stats import Histogram
 from actors.directory import ActorDirectory
 from actors.messages import AddTxs, BlockTemplateTxs, MempoolQuery, Tick, TipChanged, TxRejected, TxsAccepted, WantTxs
 from chain.errors import ChainError, Code
@@ -307,6 +308,8 @@ class MempoolActor(NodeActor):
             next_height=lambda: store.tip().height + 1,
             tx_context=self._tx_context,
         )
+        self.stats = {"accepted": 0, "rejected": 0, "expired": 0}
+        self.admit_seconds = Histogram()  # per transaction: the mempool's rules against the state
 
     def _account(self, address: bytes) -> Account | None:
         """A confirmed account: from the snapshot of the batch being admitted, else the store."""
@@ -344,14 +347,19 @@ class MempoolActor(NodeActor):
             case Tick(now_ms):
                 expired = self.pool.expire(now_ms)
                 if expired:
-                    log.info("mempool: %d transactions expired", len(expired))
+                    self.stats["expired"] += len(expired)
+                    log.info("mempool expired txs=%d pending=%d", len(expired), len(self.pool))
+            case "stats":
+                return dict(self.stats, size=len(self.pool), bytes=self.pool.bytes,
+                            admit_seconds=self.admit_seconds.snapshot())
             case _:
-                log.warning("mempool: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=mempool type=%s", type(message).__name__)
         return None
 
     def _add(self, txs: tuple[Transaction, ...], origin: bytes | None) -> list[ChainError | None]:
         """Admit each transaction; answers, in order, None for accepted or the error."""
         now = _now_ms()
+        started = time.perf_counter()
         results: list[ChainError | None] = []
         accepted: list[Transaction] = []
         # The senders' and recipients' accounts from one read transaction, not one each.
@@ -371,8 +379,14 @@ class MempoolActor(NodeActor):
                 accepted.append(tx)
         finally:
             self._snapshot = None
+        if txs:
+            self.admit_seconds.observe((time.perf_counter() - started) / len(txs), len(txs))
+        self.stats["accepted"] += len(accepted)
+        self.stats["rejected"] += len(txs) - len(accepted)
         if accepted:
-            self.refs.tell("network", TxsAccepted(tuple(accepted), origin))
+            event = TxsAccepted(tuple(accepted), origin)
+            self.refs.tell("network", event)
+            self.refs.tell("notifier", event)
         return results
 
     def _on_tip(self, change: TipChanged) -> None:
@@ -381,4 +395,4 @@ class MempoolActor(NodeActor):
         returned = [tx for block in reversed(change.disconnected) for tx in block.txs]
         kept, dropped = self.pool.rebuild(senders, returned, _now_ms())
         if change.disconnected:
-            log.info("mempool after reorganisation: %d transactions pending again, %d dropped", kept, dropped)
+            log.info("mempool after reorganisation kept=%d dropped=%d pending=%d", kept, dropped, len(self.pool))

@@ -24,6 +24,7 @@ from actors.directory import ActorDirectory
 from actors.mempool import MempoolActor
 from actors.messages import AddTxs, CheckTx, MempoolQuery, Tick
 from actors.network import NetworkActor
+from actors.notifier import NotifierActor
 from actors.producer import ProducerActor
 from actors.staker import StakerActor
 from actors.storage import StorageActor
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 ASK_TIMEOUT_S = 10.0
+STATS_TIMEOUT_S = 2.0  # all the actors' figures for one metrics scrape, asked together
+STATS_ACTORS = ("storage", "mempool", "validation", "producer", "network", "sync", "notifier")
 STOP_BUDGET_S = 4.0  # the whole stop, so that SIGTERM to exit stays within 5 s
 
 
@@ -131,6 +134,7 @@ class Node:
         if self.node_keys is None:
             raise ValueError("the network needs the node's keys")
         host, port = _split_listen(net.listen)
+        notifications = self.settings.notifications
         self.transport = Transport(
             public_key=self.node_keys[0],
             secret_key=self.node_keys[1],
@@ -139,13 +143,21 @@ class Node:
             host=host,
             port=port,
             allow_list=frozenset(key_from_hex(k) for k in net.allow_list) or None,
+            publish_listen=_split_listen(notifications.listen) if notifications.enabled else None,
+            publish_hwm=notifications.high_water_mark,
         )
+        if notifications.enabled:
+            self.refs.notifier = NotifierActor.start(self, self.transport.publish)
         self.refs.sync = SyncActor.start(self, self.refs, self.store, self.clock, self.transport)
         self.refs.network = NetworkActor.start(
             self, self.refs, self.store, self.clock, self.params, self.transport, net, self._advertise()
         )
         self.transport.start()
-        log.info("listening for peers on %s:%d as %s", host, self.transport.bound_port, self.node_keys[0].hex())
+        log.info("listening for peers address=%s:%d node_id=%s", host, self.transport.bound_port,
+                 self.node_keys[0].hex())
+        if notifications.enabled:
+            log.info("publishing notifications address=%s:%d", _split_listen(notifications.listen)[0],
+                     self.transport.publish_port)
         self.refs.tell("network", Tick(self.clock.now_ms()))
 
     def _advertise(self) -> str:
@@ -198,7 +210,7 @@ class Node:
         if self.transport is not None:
             self.transport.stop(timeout=1.0)  # no more events from peers
         pending = []
-        for name in ("network", "sync", "producer", "validation", "mempool"):
+        for name in ("network", "sync", "producer", "validation", "mempool", "notifier"):
             ref = getattr(self.refs, name)
             if ref is not None:
                 pending.append((name, ref.stop(block=False)))
@@ -207,7 +219,7 @@ class Node:
         storage_stopped = True
         if self.refs.storage is not None:
             storage_stopped = self._await_stop("storage", self.refs.storage.stop(block=False), deadline)
-        for name in ("network", "sync", "producer", "validation", "mempool", "storage"):
+        for name in ("network", "sync", "producer", "validation", "mempool", "notifier", "storage"):
             setattr(self.refs, name, None)
         if self._timer is not None:
             self._timer.join(max(0.1, deadline - time.monotonic()))
@@ -259,6 +271,30 @@ class Node:
 
     def validation_stats(self) -> dict:
         return self._ask("validation", "stats")
+
+    def actor_stats(self, timeout: float = STATS_TIMEOUT_S) -> dict[str, dict | None]:
+        """Every running actor's figures ("stats"), asked all at once with one deadline: a
+        busy actor costs the caller at most `timeout`, and its entry is None."""
+        futures = {}
+        for name in STATS_ACTORS:
+            ref = getattr(self.refs, name)
+            if ref is None:
+                continue
+            try:
+                futures[name] = ref.ask("stats", block=False)
+            except pykka.ActorDeadError:
+                futures[name] = None
+        deadline = time.monotonic() + timeout
+        out: dict[str, dict | None] = {}
+        for name, future in futures.items():
+            try:
+                out[name] = future.get(timeout=max(0.0, deadline - time.monotonic())) if future else None
+            except (pykka.Timeout, pykka.ActorDeadError):
+                out[name] = None
+            except Exception:  # a bug in an actor's figures: the others still count
+                log.exception("actor stats failed actor=%s", name)
+                out[name] = None
+        return out
 
     def _ask(self, name: str, message: object) -> Any:
         """Ask an actor from outside the actor system; a slow or stopped node is a TimeoutError."""

@@ -96,7 +96,7 @@ class ProducerActor(NodeActor):
                 elapsed = time.monotonic() - self.stats["started_s"]
                 return dict(self.stats, hash_rate=self.stats["hashes"] / elapsed if elapsed else 0.0)
             case _:
-                log.warning("producer: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=producer type=%s", type(message).__name__)
         return None
 
     def _request_txs(self) -> None:
@@ -164,6 +164,6 @@ class ProducerActor(NodeActor):
         self.stats["blocks"] += 1
         self._job += 1
         self._template = None
-        log.debug("mined block %s at height %d", block.hash.hex()[:16], block.height)
+        log.debug("block mined block=%s height=%d txs=%d", block.hash.hex()[:16], block.height, len(block.txs))
         self.refs.tell("storage", AddBlock(block, None))
         self._request_txs()

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from actors.base import NodeActor, Supervisor
+from actors.base import NodeActor, Supervisor, quoted
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.messages import AddBlock, BlockTemplateTxs, Tick, TipChanged, WantTxs
@@ -105,7 +105,7 @@ class StakerActor(NodeActor):
             case "stats":
                 return dict(self.stats)
             case _:
-                log.warning("staker: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=staker type=%s", type(message).__name__)
         return None
 
     def _on_slot(self, slot: int) -> None:
@@ -152,7 +152,8 @@ class StakerActor(NodeActor):
         self._signed_slot = c.slot
         block = Block(sign_header(template, self.key, self.params.network_id), tuple(txs))
         self.stats["blocks"] += 1
-        log.debug("staked block %s at height %d in slot %d", block.hash.hex()[:16], block.height, c.slot)
+        log.debug("block staked block=%s height=%d slot=%d txs=%d", block.hash.hex()[:16], block.height, c.slot,
+                  len(block.txs))
         self.refs.tell("storage", AddBlock(block, None))
 
     def _applicable(self, txs: tuple[Transaction, ...], height: int) -> tuple[Transaction, ...]:
@@ -177,7 +178,8 @@ class StakerActor(NodeActor):
                 overlay.put(apply_tx(overlay.get, tx, ctx))
             except ChainError as e:
                 dropped.add(tx.sender)
-                log.info("staker: left transaction %s out of the block: %s", tx.id.hex()[:16], e)
+                self.stats["txs_left_out"] = self.stats.get("txs_left_out", 0) + 1
+                log.debug("tx left out of block tx=%s code=%s reason=%s", tx.id.hex()[:16], e.code.text, quoted(e.message))
                 continue
             kept.append(tx)
         return tuple(kept)

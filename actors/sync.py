@@ -20,7 +20,7 @@ from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.base import NodeActor, Supervisor
+from actors.base import NodeActor, Supervisor, peer_id
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.messages import (
@@ -141,9 +141,10 @@ class SyncActor(NodeActor):
                 return self.syncing()
             case "stats":
                 return dict(self.stats, orphans=len(self.orphans), in_flight=len(self.requested),
-                            syncing=self.syncing())
+                            syncing=self.syncing(), peers=len(self.peers),
+                            best_peer_height=max((p.best_height for p in self.peers.values()), default=0))
             case _:
-                log.warning("sync: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=sync type=%s", type(message).__name__)
                 return None
         self._schedule(now)
         return None
@@ -386,7 +387,7 @@ class SyncActor(NodeActor):
                 p.strikes += 1
                 self._give_up(p.key, _HEADERS, now)
             if p.strikes >= STRIKES_TO_DROP:
-                log.info("peer %s stalls (%d late answers): dropping it", p.key.hex()[:16], p.strikes)
+                log.info("peer stalls peer=%s late_answers=%d action=drop", peer_id(p.key), p.strikes)
                 self._forget_peer(p.key, now)
                 self.refs.tell("network", DropPeer(p.key, "stalled"))
         # Blocks that were ahead of our clock may fit now; orphans too old are dropped.

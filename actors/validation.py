@@ -16,8 +16,9 @@ import multiprocessing.util
 import signal
 from collections import OrderedDict
 
-from actors.base import NodeActor, Supervisor
+from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.directory import ActorDirectory
+from actors.stats import Histogram
 from actors.messages import AddBlock, AddTxs, BlockReceived, BlockRejected, CheckTx, TxRejected, TxsReceived
 from chain.block import check_block_shape, decode_block
 from chain.consensus import engine_for
@@ -144,7 +145,11 @@ class ValidationActor(NodeActor):
         self.engine = engine_for(params)
         self.cache = SignatureCache(cache_size)
         self.verifier = SignatureVerifier(params.network_id, workers, batch_min)
-        self.stats = {"verified": 0, "cache_hits": 0}
+        self.stats = {"verified": 0, "cache_hits": 0, "blocks_invalid": 0, "txs_invalid": 0}
+        # Decoding and every check that needs no chain state (above all signatures): per
+        # transaction (a batch counts each at its mean) and per block.
+        self.tx_seconds = Histogram()
+        self.block_seconds = Histogram()
 
     def on_stop(self) -> None:
         self.verifier.close()
@@ -152,17 +157,21 @@ class ValidationActor(NodeActor):
     def on_receive(self, message: object) -> object:
         match message:
             case CheckTx(raw):
-                tx = decode_tx(raw)
-                self._check_signatures([tx])
+                with self.tx_seconds.time():
+                    tx = decode_tx(raw)
+                    self._check_signatures([tx])
                 return tx
             case TxsReceived(raws, origin):
-                self._on_txs(raws, origin)
+                with self.tx_seconds.time(len(raws)):
+                    self._on_txs(raws, origin)
             case BlockReceived(raw, origin):
-                self._on_block(raw, origin)
+                with self.block_seconds.time():
+                    self._on_block(raw, origin)
             case "stats":
-                return dict(self.stats, cache_size=len(self.cache))
+                return dict(self.stats, cache_size=len(self.cache), tx_seconds=self.tx_seconds.snapshot(),
+                            block_seconds=self.block_seconds.snapshot())
             case _:
-                log.warning("validation: unexpected message %r", type(message).__name__)
+                log.warning("unexpected message actor=validation type=%s", type(message).__name__)
         return None
 
     def _check_signatures(self, txs: list[Transaction] | tuple[Transaction, ...]) -> None:
@@ -186,6 +195,8 @@ class ValidationActor(NodeActor):
             try:
                 decoded.append(decode_tx(raw))
             except ChainError as e:
+                self.stats["txs_invalid"] += 1
+                log.debug("tx rejected peer=%s code=%s", peer_id(origin), e.code.text)
                 self.refs.tell("network", TxRejected(b"", origin, e))
         pending = [tx for tx in decoded if tx.id not in self.cache]
         verdicts = dict(zip((tx.id for tx in pending), self.verifier.verify(pending))) if pending else {}
@@ -196,6 +207,8 @@ class ValidationActor(NodeActor):
                 good.append(tx)
             else:
                 error = ChainError(Code.BAD_SIGNATURE, f"transaction {tx.id.hex()[:16]} has an invalid signature")
+                self.stats["txs_invalid"] += 1
+                log.debug("tx rejected tx=%s peer=%s code=%s", tx.id.hex()[:16], peer_id(origin), error.code.text)
                 self.refs.tell("network", TxRejected(tx.id, origin, error))
         if good:
             self.refs.tell("mempool", AddTxs(tuple(good), origin))
@@ -209,6 +222,9 @@ class ValidationActor(NodeActor):
             check_block_shape(block, self.params.max_block_bytes, self.params.max_block_txs)
             self._check_signatures(block.txs)
         except ChainError as e:
+            self.stats["blocks_invalid"] += 1
+            log.info("block rejected block=%s peer=%s code=%s reason=%s", block_hash.hex()[:16] or "-",
+                     peer_id(origin), e.code.text, quoted(e.message))
             self.refs.tell("network", BlockRejected(block_hash, origin, e))
             return
         self.refs.tell("storage", AddBlock(block, origin))

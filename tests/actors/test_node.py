@@ -328,7 +328,7 @@ def test_an_actor_failure_stops_the_node_with_its_reason(
     node.refs.storage.tell(AddBlock(block, None))
     assert node.wait(WAIT_S)
     assert "storage" in node.stop_reason and "closed" in node.stop_reason
-    assert any("actor storage failed" in r.getMessage() for r in caplog.records)
+    assert any("actor failed actor=storage" in r.getMessage() for r in caplog.records)
     started = time.monotonic()
     node.stop()
     assert time.monotonic() - started < 5.0

@@ -45,7 +45,7 @@ INTERVAL_MS = 1000
 POW_DIFFICULTY = 1_300_000  # ~1 s of one worker (DESIGN.md: ~1.3 M double SHA-256 a second)
 GOAL = 0.01  # PoS CPU per block below 1% of PoW's
 TICK = os.sysconf("SC_CLK_TCK")
-TIP_LINE = re.compile(rb"actors\.storage: tip [0-9a-f]+ height=(\d+)")
+TIP_LINE = re.compile(rb"actors\.storage: tip hash=[0-9a-f]+ height=(\d+)")
 QUIET = {"node": {"log_level": "INFO"}, "network": {"enabled": False}, "validation": {"workers": 0}}
 
 

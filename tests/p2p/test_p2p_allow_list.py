@@ -37,7 +37,8 @@ def test_only_listed_keys_take_part(nodes):
     outsider_tip = outsider.status()["tip"]
     outsider_wallet = outsider.wallet_address()
     for node in (victim, member):  # it did try (its log says so): the members refused it
-        wait_until(lambda node=node: f"connection to {node.listen} refused" in outsider.log_text(), 30, interval=0.2,
+        refused = f"connection refused direction=outbound address={node.listen} "
+        wait_until(lambda refused=refused: refused in outsider.log_text(), 30, interval=0.2,
                    message=f"the outsider to be refused by {node.name}")
 
     # A bare client with an unknown key is refused at the CURVE handshake.
