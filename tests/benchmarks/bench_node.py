@@ -81,10 +81,12 @@ class Sizes:
     idle_seconds: float
 
 
+# A block round pays the pipeline's fill and drain once (the first block's decode, the last
+# block's connect, ~25 ms, overlap nothing), so rounds hold several blocks.
 FULL = Sizes(keys=2000, admit_rounds=12, admit_nonces=2, admit_batch=100, submit_txs=1000, warm_blocks=2,
-             block_rounds=12, round_blocks=2, pow_rounds=6, pow_seconds=2.0, idle_seconds=5.0)
+             block_rounds=6, round_blocks=4, pow_rounds=6, pow_seconds=2.0, idle_seconds=5.0)
 QUICK = Sizes(keys=2000, admit_rounds=3, admit_nonces=1, admit_batch=100, submit_txs=300, warm_blocks=1,
-              block_rounds=3, round_blocks=1, pow_rounds=1, pow_seconds=1.5, idle_seconds=5.0)
+              block_rounds=2, round_blocks=3, pow_rounds=1, pow_seconds=1.5, idle_seconds=5.0)
 
 
 @dataclass
