@@ -682,7 +682,7 @@ def machine_share(rows: list[Row]) -> dict[str, tuple[float, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_node", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and the environment as JSON")
     args = parser.parse_args(argv)
