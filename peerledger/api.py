@@ -6,6 +6,8 @@
     GET  /accounts/{address}     balance, nonce, stake and the next nonce to use
     POST /txs                    submit a signed transaction: {"tx": "<hex>"} or raw bytes
     GET  /peers                  connected peers
+    GET  /metrics                Prometheus text format (peerledger.metrics)
+    GET  /                       the status page (peerledger/static/, served from memory)
 
 Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code: the
 chain's rejection codes (bad_encoding, bad_signature, wrong_nonce, insufficient_funds,
@@ -24,7 +26,9 @@ import logging
 import socket
 import socketserver
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
+from importlib import resources
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +38,7 @@ from chain.errors import ChainError, Code
 from chain.keys import address_from_text, address_of, address_to_text
 from chain.state import EMPTY
 from chain.tx import Transaction
+from peerledger import metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,38 @@ _STATUS_OF = {
     Code.MEMPOOL_FULL: 503,
     Code.DUPLICATE: 409,
 }
+
+
+# The status page: every file it needs, served by the node itself (no CDN), read once.
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "status.js": "text/javascript; charset=utf-8",
+    "status.css": "text/css; charset=utf-8",
+}
+# The page may load only what the node serves, and talk only to the node.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """An answer that is not JSON: bytes with their content type."""
+
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def load_static() -> dict[str, Raw]:
+    folder = resources.files("peerledger") / "static"
+    return {
+        name: Raw((folder / name).read_bytes(), content_type, tuple(PAGE_HEADERS.items()))
+        for name, content_type in STATIC_FILES.items()
+    }
 
 
 # Codes of the errors http.server itself answers (malformed request line or headers).
@@ -104,6 +141,7 @@ class Api:
         self.node = node
         self.node_id = node_id
         self.node_name = node_name
+        self.static = load_static()
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -202,6 +240,15 @@ class Api:
     def peers(self) -> list[dict[str, Any]]:
         return self.node.peers() if hasattr(self.node, "peers") else []
 
+    def metrics(self) -> Raw:
+        return Raw(metrics.render(self.node, self.node_id, VERSION).encode(), metrics.CONTENT_TYPE)
+
+    def page(self, name: str) -> Raw:
+        try:
+            return self.static[name]
+        except KeyError:
+            raise ApiError(404, "not_found", f"no file /static/{name}") from None
+
 
 def _parse_hash(text: str, what: str) -> bytes:
     try:
@@ -235,12 +282,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self.headers.get("Transfer-Encoding") is not None or length != "0"
 
     def _send(self, status: int, document: Any) -> None:
-        payload = json.dumps(document, separators=(",", ":")).encode()
+        if isinstance(document, Raw):
+            payload, content_type, headers = document.body, document.content_type, document.headers
+        else:
+            payload, content_type, headers = json.dumps(document, separators=(",", ":")).encode(), "application/json", ()
         self.send_response(status)
         if self._unread_body():  # on a kept-alive connection it would be read as the next request
             self.send_header("Connection", "close")
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -275,13 +327,19 @@ class _Handler(BaseHTTPRequestHandler):
                     return api.account(address)
                 case ["peers"]:
                     return api.peers()
+                case ["metrics"]:
+                    return api.metrics()
+                case [] | ["index.html"]:
+                    return api.page("index.html")
+                case ["static", name]:
+                    return api.page(name)
                 case ["txs"]:
                     raise ApiError(405, "method_not_allowed", "use POST /txs to submit")
         elif method == "POST":
             match parts:
                 case ["txs"]:
                     return api.submit(self._body(), self.headers.get("Content-Type", ""))
-                case ["status"] | ["blocks", _] | ["txs", _] | ["accounts", _] | ["peers"]:
+                case ["status"] | ["blocks", _] | ["txs", _] | ["accounts", _] | ["peers"] | ["metrics"] | []:
                     raise ApiError(405, "method_not_allowed", f"{'/'.join(parts)} is read-only")
         raise ApiError(404, "not_found", f"no route {method} /{'/'.join(parts)}")
 

@@ -223,7 +223,9 @@ def test_bad_api_requests_get_json_errors_and_change_nothing(nodes):
     json_type = {"Content-Type": "application/json"}
     cases = [
         ("GET", "/nope", None, {}, 404, "not_found"),
-        ("GET", "/", None, {}, 404, "not_found"),
+        ("GET", "/static/nope.js", None, {}, 404, "not_found"),  # GET / is the status page
+        ("POST", "/", b"{}", json_type, 405, "method_not_allowed"),
+        ("POST", "/metrics", b"{}", json_type, 405, "method_not_allowed"),
         ("GET", "/blocks/999999", None, {}, 404, "not_found"),
         ("GET", "/blocks/" + "ab" * 32, None, {}, 404, "not_found"),
         ("GET", "/blocks/xyz", None, {}, 400, "bad_request"),
