@@ -164,10 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             host, port = split_host_port(settings.api.listen)
             api_server = ApiServer(Api(node, public, settings.node.name), host, port, settings.api.max_body_bytes)
             api_server.start()
-            log.info("api listening on %s:%d", host, api_server.port)
+            log.info("api listening address=%s:%d", host, api_server.port)
         while not node.wait(0.5):
             pass
-        log.info("stopping: %s", node.stop_reason)
+        log.info("stopping reason=%s", json.dumps(node.stop_reason))
     finally:
         if api_server is not None:
             api_server.stop()

@@ -63,6 +63,7 @@ reconnecting peer take its routing id over from its stale, not yet timed-out con
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import queue
@@ -333,7 +334,7 @@ class Transport:
             return False
         thread.join(timeout)
         if thread.is_alive():
-            log.error("transport loop did not stop within %.1f s", timeout)
+            log.error("transport loop did not stop seconds=%.1f", timeout)
             return False
         self._close_pipe()
         return True
@@ -630,7 +631,7 @@ class Transport:
         try:
             self._on_event(event)
         except Exception:
-            log.exception("on_event raised for %s", type(event).__name__)
+            log.exception("on_event raised event=%s", type(event).__name__)
 
     # commands
 
@@ -667,7 +668,7 @@ class Transport:
             monitor.linger = 0
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            log.warning("cannot dial %s at %s: %s", key.hex(), endpoint, exc)
+            log.warning("dial failed peer=%s endpoint=%s error=%s", key.hex()[:16], endpoint, json.dumps(str(exc)))
             if monitor is not None:
                 sock.disable_monitor()
                 monitor.close(linger=0)
@@ -741,7 +742,7 @@ class Transport:
                 self._count(self._drops, "unreachable")
                 self._forget_inbound(key, "unreachable")
             else:
-                log.warning("send to %s failed: %s", key.hex(), exc)
+                log.warning("send failed peer=%s error=%s", key.hex()[:16], json.dumps(str(exc)))
                 self._count(self._drops, "send_error")
             return
         with self._lock:
@@ -831,7 +832,7 @@ class Transport:
         try:
             key = bytes.fromhex(frame.get(USER_ID))
         except (zmq.ZMQError, ValueError, TypeError):
-            log.error("inbound message without a valid %s property: dropped", USER_ID)
+            log.error("inbound message dropped reason=no_valid_property property=%s", USER_ID)
             return True
         size = len(frame)
         if self._bans and self.is_banned(key):  # its connection predates the ban
