@@ -76,10 +76,11 @@ def test_metrics_parse_and_move_with_the_chain(nodes):
     txid = follower.submit(nodes.transfer(0, 0))
     nodes.wait_confirmed([follower], txid, 60)
     wait_until(lambda: follower.height() >= start_height + 3, 60, message="three more blocks")
+    shown_before = follower.height()
     later = scrape(follower)
-    status = follower.status()
+    shown_after = follower.height()
+    assert shown_before <= value(later, "peerledger_height") <= shown_after  # the tip the API shows
     assert value(later, "peerledger_height") >= start_height + 3
-    assert abs(value(later, "peerledger_height") - status["height"]) <= 1
     assert value(later, "peerledger_best_header_height") >= value(later, "peerledger_height")
     assert value(later, "peerledger_blocks_connected_total") > value(first, "peerledger_blocks_connected_total")
     for stage in ("verify", "connect"):
