@@ -21,7 +21,7 @@ DEPTH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 1000)
 class Histogram:
     """Counts of observations in buckets with upper bounds `bounds` (and one above them all)."""
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float] = SECONDS_BUCKETS) -> None:
         self.bounds = tuple(bounds)

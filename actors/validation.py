@@ -18,8 +18,8 @@ from collections import OrderedDict
 
 from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.directory import ActorDirectory
-from actors.stats import Histogram
 from actors.messages import AddBlock, AddTxs, BlockReceived, BlockRejected, CheckTx, TxRejected, TxsReceived
+from actors.stats import Histogram
 from chain.block import check_block_shape, decode_block
 from chain.consensus import engine_for
 from chain.errors import ChainError, Code
