@@ -68,10 +68,25 @@ def check_header_context(engine: ConsensusEngine, header: Header, ctx: HeaderCon
     engine.check_proof(header, ctx)
     if header.timestamp_ms <= ctx.median_time_past:
         raise ChainError(Code.TIME_TOO_OLD, "timestamp not after the median time of the last blocks")
-    if header.timestamp_ms > now_ms + engine.params.max_future_ms:
+    if header.timestamp_ms > now_ms + future_limit_ms(engine.params):
         raise ChainError(
             Code.TIME_TOO_NEW, f"timestamp {header.timestamp_ms - now_ms} ms ahead of network time"
         )
+
+
+def future_limit_ms(params: ChainParams) -> int:
+    """How far ahead of network time a block may be stamped.
+
+    Proof of Stake allows at most two slots: a staker that may stamp its block further
+    ahead claims slots that have not come yet, and honest stakers cannot use any slot up to
+    its tip's; with the 15 s of a Proof of Work network, a small staker could keep the chain
+    ahead of the clock and take nearly every block.
+    """
+    from chain.params import POS
+
+    if params.consensus == POS:
+        return min(params.max_future_ms, 2 * params.slot_ms)
+    return params.max_future_ms
 
 
 def better_tip(candidate_weight: int, current_weight: int) -> bool:

@@ -37,6 +37,10 @@ class Code(enum.Enum):
     INVALID_ANCESTOR = ("invalid_ancestor", True)
     BAD_GENESIS = ("bad_genesis", False)
     BAD_EVIDENCE = ("bad_evidence", True)
+    # A Proof of Stake header whose signer holds no stake in our current state: refused
+    # ahead of its block (a cheap forgery otherwise), but not penalised: the stake may come
+    # from a branch we have not seen.
+    NOT_ELIGIBLE = ("not_eligible", False)
 
     def __init__(self, text: str, penalise: bool) -> None:
         self.text = text

@@ -101,6 +101,11 @@ def check_params(p: ChainParams) -> None:
         raise bad("allocations exceed the maximum supply")
     if p.consensus == POS and not p.stakes:
         raise bad("stakes: a Proof of Stake network needs at least one genesis stake")
+    if p.consensus == POS and p.unbonding_delay < p.max_reorg_depth:
+        raise bad(
+            f"unbonding_delay ({p.unbonding_delay}) must be at least max_reorg_depth ({p.max_reorg_depth}): "
+            "stake must stay slashable for as long as a reorganisation can rewrite what it signed"
+        )
 
 
 def encode_params(p: ChainParams) -> bytes:

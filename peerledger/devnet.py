@@ -85,7 +85,7 @@ def write_genesis(
         # difficulty this small moves in coarse steps; ten keeps the interval near its target).
         slot_ms = interval_ms // 10
         difficulty = interval_ms // slot_ms
-        extra = f"slot_ms = {slot_ms}\nepoch_length = 16\nunbonding_delay = 10\n\n" + "\n".join(
+        extra = f"slot_ms = {slot_ms}\nepoch_length = 16\nmax_reorg_depth = 50\nunbonding_delay = 50\n\n" + "\n".join(
             f'[[stakes]]\naddress = "{address_to_text(a)}"\namount = {STAKE}\n' for a in stakers
         )
     else:

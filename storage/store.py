@@ -21,9 +21,20 @@ Named databases:
     accounts  address -> account record
     undo      block hash -> undo record (previous values of the accounts it changed)
     txindex   tx id -> block hash | position u32 (main chain only)
+    peers     node id -> address book record (actors.peerbook encodes it)
+    bans      node id -> banned until, ms u64
+    mempool   tx id -> added at, ms u64 | raw transaction (pending transactions, so that
+              they survive a restart; written in batches, at most a second behind)
 
 One writer: the storage actor. Readers (API, validation, sync serving) open short read
-transactions from their own threads. The map grows by doubling on MapFullError, which LMDB
+transactions from their own threads; so does a backup (`Store.backup`), whose one long read
+transaction never blocks the writer (LMDB readers do not block writers).
+
+Backups are LMDB's own compacted copy of one read snapshot, with a manifest (network,
+height, tip, size, SHA-256) written last, so a directory without it is an unfinished copy.
+`restore_backup` puts one in place of a stopped node's ledger: it takes the directory
+lock, checks the manifest, the checksum and that the copy opens as a ledger of this
+network, and swaps it in by renaming. The map grows by doubling on MapFullError, which LMDB
 allows only while no transaction is open in this process: readers therefore hold a shared
 lock that the resize takes exclusively.
 """
@@ -33,12 +44,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
+import shutil
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +81,7 @@ from chain.state import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+LEDGER_DIR = "ledger"  # the LMDB environment, inside the data directory
 _DATABASES = ("meta", "headers", "index", "blocks", "main", "side", "accounts", "undo", "txindex",
               "peers", "bans", "mempool")
 _U64 = struct.Struct(">Q")
@@ -207,23 +223,44 @@ class Store:
             raise StoreError(f"cannot create data directory {path}: {e.strerror}") from None
         lock_fd = _lock_directory(path)
         try:
-            map_size = min(map_size, MAX_MAP_SIZE)
+            return cls._open_ledger(path, path / LEDGER_DIR, params, lock_fd, map_size=map_size, sync=sync)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open_ledger(
+        cls, path: Path, ledger: Path, params: ChainParams, lock_fd: int, *, map_size: int = 1 << 30,
+        sync: bool = True, readonly: bool = False, create: bool = True,
+    ) -> Store:
+        """Open the LMDB environment in `ledger` (messages name `path`, the data directory).
+        The caller holds the directory lock (`lock_fd`, which the store then owns, or -1)."""
+        try:
             env = lmdb.open(
-                str(path / "ledger"),
-                map_size=map_size,
+                str(ledger),
+                map_size=min(map_size, MAX_MAP_SIZE),
                 max_dbs=len(_DATABASES) + 2,
                 sync=sync,
                 metasync=sync,
                 readahead=False,
                 max_readers=256,
+                readonly=readonly,
+                lock=not readonly,  # read-only opens are made under the directory lock
+                create=create,
             )
+        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError) as e:
+            raise StoreCorrupt(f"the store in {path} is damaged and cannot be opened: {e}") from None
         except lmdb.Error as e:
-            os.close(lock_fd)
             raise StoreError(f"cannot open the store in {path}: {e}") from None
-        store = cls(path, params, env, lock_fd)
         try:
-            store._initialise()
+            store = cls(path, params, env, lock_fd)
+        except lmdb.Error as e:
+            env.close()
+            raise StoreCorrupt(f"the store in {path} is damaged or not a peerledger store: {e}") from None
+        try:
+            store._initialise(create=create)
         except BaseException:
+            store._lock_fd = -1  # the caller's to close
             store.close()
             raise
         return store
@@ -237,12 +274,14 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _initialise(self) -> None:
+    def _initialise(self, create: bool = True) -> None:
         meta = self._dbs["meta"]
         with self._env.begin() as txn:
             schema = txn.get(b"schema", db=meta)
             network = txn.get(b"network", db=meta)
         if schema is None:
+            if not create:
+                raise StoreCorrupt(f"the store in {self.path} holds no ledger (no schema record)")
             self._write(self._create_genesis)
         else:
             (version,) = struct.unpack(">I", schema)
@@ -278,28 +317,32 @@ class Store:
         txn.put(b"total_stake", _U64.pack(sum(a.stake for a in accounts.values())), db=d["meta"])
 
     def _load_tip(self) -> None:
-        d = self._dbs
         with self._read() as txn:
-            tip_hash = txn.get(b"tip", db=d["meta"])
-            digest = txn.get(b"digest", db=d["meta"])
-            raw_index = txn.get(tip_hash, db=d["index"]) if tip_hash else None
-            raw_header = txn.get(tip_hash, db=d["headers"]) if tip_hash else None
-            if raw_index is None or raw_header is None or digest is None:
-                raise StoreCorrupt(f"the store in {self.path} has no valid tip record; it is damaged")
-            entry = _decode_index(raw_index)
-            if txn.get(_U64.pack(entry.height), db=d["main"]) != tip_hash:
-                raise StoreCorrupt(f"the store in {self.path} is damaged: the tip is not on the main chain index")
-            if not txn.get(tip_hash, db=d["blocks"]):
-                raise StoreCorrupt(f"the store in {self.path} is damaged: the tip block is missing")
-            tx_count = txn.get(b"txcount", db=d["meta"])
-            total_stake = txn.get(b"total_stake", db=d["meta"])
+            self._tip, self._totals = self._read_tip(txn)
+
+    def _read_tip(self, txn: lmdb.Transaction) -> tuple[Tip, _Totals]:
+        """The tip and running totals recorded in `txn`'s snapshot, checked for consistency."""
+        d = self._dbs
+        tip_hash = txn.get(b"tip", db=d["meta"])
+        digest = txn.get(b"digest", db=d["meta"])
+        raw_index = txn.get(tip_hash, db=d["index"]) if tip_hash else None
+        raw_header = txn.get(tip_hash, db=d["headers"]) if tip_hash else None
+        if raw_index is None or raw_header is None or digest is None:
+            raise StoreCorrupt(f"the store in {self.path} has no valid tip record; it is damaged")
+        entry = _decode_index(raw_index)
+        if txn.get(_U64.pack(entry.height), db=d["main"]) != tip_hash:
+            raise StoreCorrupt(f"the store in {self.path} is damaged: the tip is not on the main chain index")
+        if not txn.get(tip_hash, db=d["blocks"]):
+            raise StoreCorrupt(f"the store in {self.path} is damaged: the tip block is missing")
+        tx_count = txn.get(b"txcount", db=d["meta"])
+        total_stake = txn.get(b"total_stake", db=d["meta"])
         header = decode_header(raw_header)
-        self._totals = _Totals(
+        totals = _Totals(
             int.from_bytes(digest, "big"),
             _U64.unpack(tx_count)[0] if tx_count else 0,
             _U64.unpack(total_stake)[0] if total_stake else 0,
         )
-        self._tip = self._make_tip(tip_hash, entry, header, self._totals)
+        return self._make_tip(tip_hash, entry, header, totals), totals
 
     @staticmethod
     def _make_tip(block_hash: bytes, entry: IndexEntry, header: Header, totals: _Totals) -> Tip:
@@ -686,6 +729,8 @@ class Store:
                 if ctx is None:
                     raise ChainError(Code.UNKNOWN_PARENT, f"ancestors of header {header.hash.hex()[:16]} are not stored")
                 check_header_context(self.engine, header, ctx, now_ms)
+                if self._staking:
+                    self._check_stake_ahead(txn, header, ctx)
                 entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), 0)
                 txn.put(header.hash, header.raw, db=d["headers"])
                 txn.put(header.hash, _encode_index(entry), db=d["index"])
@@ -694,6 +739,16 @@ class Store:
             return last
 
         return self._write(body)
+
+    def _check_stake_ahead(self, txn: lmdb.Transaction, header: Header, ctx: HeaderContext) -> None:
+        """Proof of Stake headers arrive before the state they depend on: judge eligibility
+        by the stake at our tip. Otherwise anyone could forge a heavy header chain with
+        signatures alone; the exact check runs again when the block connects."""
+        staker = self._get_account(txn, header.producer)
+        try:
+            self.engine.check_stake(header, ctx, staker.stake if staker else 0, self._totals.total_stake)
+        except ChainError as e:
+            raise ChainError(Code.NOT_ELIGIBLE, f"{e.message} (by the stake at our tip)") from None
 
     def _note_best_header(self, txn: lmdb.Transaction, block_hash: bytes, entry: IndexEntry) -> None:
         best = txn.get(b"best_header", db=self._dbs["meta"])
@@ -783,6 +838,35 @@ class Store:
         with self._read() as txn:
             return {k: _U64.unpack(v)[0] for k, v in txn.cursor(db=self._dbs["bans"])}
 
+    # --- persisted mempool ---------------------------------------------------------------
+
+    def save_mempool(self, added: Iterable[tuple[bytes, int, bytes]], removed: Iterable[bytes]) -> None:
+        """Record pending transactions (id, added at ms, raw bytes) and forget others (ids),
+        in one write transaction."""
+        db = self._dbs["mempool"]
+
+        def body(txn: lmdb.Transaction) -> None:
+            for txid in removed:
+                txn.delete(txid, db=db)
+            for txid, added_ms, raw in added:
+                txn.put(txid, _U64.pack(added_ms) + raw, db=db)
+
+        self._write(body)
+
+    def load_mempool(self, max_bytes: int) -> list[tuple[bytes, int, bytes]]:
+        """The pending transactions recorded, as (id, added at ms, raw bytes), at most
+        `max_bytes` of them (the mempool's own cap; the rest are forgotten at the next save)."""
+        out, total = [], 0
+        with self._read() as txn:
+            for txid, value in txn.cursor(db=self._dbs["mempool"]):
+                if len(txid) != 32 or len(value) <= _U64.size:
+                    continue  # not a record this version writes: dropped at the next save
+                total += len(value) - _U64.size
+                if total > max_bytes:
+                    break
+                out.append((txid, _U64.unpack_from(value)[0], value[_U64.size :]))
+        return out
+
     def prune_side_branches(self) -> int:
         """Forget side-branch blocks deeper than the reorg limit: they can never win.
 
@@ -815,6 +899,57 @@ class Store:
 
         return self._write(body)
 
+
+    # --- backups --------------------------------------------------------------------------
+
+    def backup(self, dest: str | Path) -> BackupInfo:
+        """Write a compacted copy of the ledger into `dest`, a new (or empty) directory.
+
+        The copy is LMDB's own (mdb_env_copy2 with compaction) of one read snapshot, so it
+        is consistent however busy the writer is, and the manifest records that snapshot's
+        tip. A read transaction never blocks the writer; only a map resize would have to
+        wait for it (LMDB resizes with no transaction open), so the map is grown first if
+        less than half of it is free. Pages the writer frees meanwhile are reused only
+        after the copy: the file may grow by what is written during the backup.
+        """
+        dest = Path(os.path.abspath(dest))
+        created = _prepare_backup_dir(dest)
+        started = time.monotonic()
+        try:
+            self._make_headroom()
+            with self._rw.shared():
+                if self._env is None:
+                    raise StoreError("the store is closed")
+                txn = self._env.begin(buffers=False)
+                try:
+                    tip, _ = self._read_tip(txn)
+                    self._env.copy(str(dest), compact=True, txn=txn)
+                finally:
+                    txn.abort()
+            size, digest = _sync_and_hash(dest / BACKUP_DATA)
+            info = BackupInfo(
+                network=self.params.name, network_id=self.params.network_id.hex(), schema=SCHEMA_VERSION,
+                height=tip.height, tip=tip.hash.hex(), state_hash=tip.state_hash, tx_count=tip.tx_count,
+                bytes=size, sha256=digest, created_ms=int(time.time() * 1000),
+            )
+            _write_manifest(dest, info)
+        except BaseException as e:
+            _remove_backup(dest, created)
+            if isinstance(e, lmdb.Error):
+                raise BackupError(f"cannot write a backup to {dest}: {e}") from None
+            if isinstance(e, OSError):
+                raise BackupError(f"cannot write a backup to {dest}: {e.strerror or e}") from None
+            raise
+        log.info("backup written path=%s height=%d bytes=%d seconds=%.1f", dest, info.height, info.bytes,
+                 time.monotonic() - started)
+        return info
+
+    def _make_headroom(self) -> None:
+        with self._write_lock:
+            info, psize = self._env.info(), self._env.stat()["psize"]
+            used = (info["last_pgno"] + 1) * psize
+            if used * 2 > info["map_size"] and info["map_size"] < MAX_MAP_SIZE:
+                self._grow_map()
 
 def _stake_delta(previous: dict, updated: dict) -> int:
     """How much bonded stake a change adds (negative when it removes)."""
@@ -853,3 +988,226 @@ def _lock_directory(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+# --------------------------------------------------------------------------- backups
+
+BACKUP_DATA = "data.mdb"  # the name LMDB's copy gives the file
+BACKUP_MANIFEST = "backup.json"
+BACKUP_FORMAT = 1
+_COPY_CHUNK = 1 << 20
+
+
+class BackupError(StoreError):
+    """A backup cannot be made or restored; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What a backup holds: the manifest written beside its data file."""
+
+    network: str
+    network_id: str  # hex
+    schema: int
+    height: int
+    tip: str  # hex
+    state_hash: str
+    tx_count: int
+    bytes: int  # size of the data file
+    sha256: str  # of the data file, hex
+    created_ms: int
+
+    def to_json(self) -> dict:
+        return {"format": BACKUP_FORMAT, **{name: getattr(self, name) for name in self.__slots__}}
+
+
+def _prepare_backup_dir(dest: Path) -> bool:
+    """Make `dest` (mode 0700) or accept it empty; answers whether it was created here."""
+    if dest.exists():
+        if not dest.is_dir() or any(dest.iterdir()):
+            raise BackupError(f"{dest} already exists and is not an empty directory; choose a new path")
+        return False
+    try:
+        dest.mkdir(mode=0o700)
+    except FileNotFoundError:
+        raise BackupError(f"cannot create {dest}: its parent directory does not exist") from None
+    except OSError as e:
+        raise BackupError(f"cannot create {dest}: {e.strerror or e}") from None
+    return True
+
+
+def _remove_backup(dest: Path, created: bool) -> None:
+    """Undo a failed backup: its files, and the directory if this backup made it."""
+    for name in (BACKUP_DATA, BACKUP_MANIFEST, BACKUP_MANIFEST + ".tmp"):
+        with contextlib.suppress(OSError):
+            (dest / name).unlink()
+    if created:
+        with contextlib.suppress(OSError):
+            dest.rmdir()
+
+
+def _sync_and_hash(path: Path) -> tuple[int, str]:
+    """fsync a file and answer its size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        while chunk := f.read(_COPY_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(dest: Path, info: BackupInfo) -> None:
+    """The manifest goes last, atomically: a backup directory without one is unfinished."""
+    tmp = dest / (BACKUP_MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(info.to_json(), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, dest / BACKUP_MANIFEST)
+    _fsync_dir(dest)
+
+
+def read_backup(path: str | Path) -> BackupInfo:
+    """The manifest of the backup in directory `path`, checked against its data file's size."""
+    path = Path(path)
+    manifest, data = path / BACKUP_MANIFEST, path / BACKUP_DATA
+    if not path.is_dir():
+        raise BackupError(f"{path} is not a directory (a backup is the directory `peerledger backup` wrote)")
+    if not data.exists():
+        raise BackupError(f"{path} holds no {BACKUP_DATA}: it is not a peerledger backup")
+    if not manifest.exists():
+        raise BackupError(f"{path} has no {BACKUP_MANIFEST}: the backup did not finish; make a new one")
+    try:
+        document = json.loads(manifest.read_text())
+        if document.get("format") != BACKUP_FORMAT:
+            raise BackupError(f"{manifest} has format {document.get('format')!r}; this peerledger reads {BACKUP_FORMAT}")
+        info = BackupInfo(**{name: document[name] for name in BackupInfo.__slots__})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BackupError(f"{manifest} is damaged: {e}") from None
+    size = data.stat().st_size
+    if size != info.bytes:
+        raise BackupError(f"{data} has {size} bytes but the backup wrote {info.bytes}: it is truncated or damaged")
+    return info
+
+
+def restore_backup(
+    backup: str | Path, data_dir: str | Path, params: ChainParams, *, force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BackupInfo:
+    """Put the backup in directory `backup` in place of the ledger of the stopped node whose
+    data directory is `data_dir`. Keys and wallets are left alone.
+
+    Refused while a node holds the directory, and, unless `force`, when the directory holds
+    a ledger with blocks beyond genesis (or one that cannot be read): restoring replaces it.
+    The copy is checked (checksum, and that it opens as a ledger of this network with a
+    consistent tip) before it replaces anything. The peer book and bans of the node that
+    made the backup are dropped: they belong to that node. `progress(done, total)` is
+    called as bytes are copied.
+    """
+    backup, data_dir = Path(os.path.abspath(backup)), Path(os.path.abspath(data_dir))
+    info = read_backup(backup)
+    if info.network_id != params.network_id.hex():
+        raise BackupError(
+            f"{backup} is a backup of network {info.network} {info.network_id[:16]}, but the genesis spec "
+            f"gives network {params.name} {params.network_id.hex()[:16]}"
+        )
+    if info.schema != SCHEMA_VERSION:
+        raise BackupError(f"{backup} has store schema {info.schema}; this peerledger reads {SCHEMA_VERSION}")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise BackupError(f"cannot create data directory {data_dir}: {e.strerror or e}") from None
+    try:
+        lock_fd = _lock_directory(data_dir)
+    except StoreLocked as e:
+        raise StoreLocked(f"{e}. Stop the node before restoring") from None
+    try:
+        ledger = data_dir / LEDGER_DIR
+        if not force and (ledger / BACKUP_DATA).exists():
+            _refuse_to_replace(data_dir, ledger, params)
+        staging = data_dir / (LEDGER_DIR + ".restoring")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        _copy_checked(backup / BACKUP_DATA, staging / BACKUP_DATA, info, progress)
+        restored = Store._open_ledger(data_dir, staging, params, -1, create=False)
+        try:
+            if restored.tip().hash.hex() != info.tip:
+                raise BackupError(f"{backup}: the copy's tip is not the one its manifest names; it is damaged")
+
+            def forget_peers(txn: lmdb.Transaction) -> None:
+                for name in ("peers", "bans"):
+                    txn.drop(restored._dbs[name], delete=False)
+
+            restored._write(forget_peers)
+        finally:
+            restored.close()
+        with contextlib.suppress(FileNotFoundError):
+            (staging / "lock.mdb").unlink()
+        replaced = data_dir / (LEDGER_DIR + ".replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        if ledger.exists():
+            os.rename(ledger, replaced)
+        os.rename(staging, ledger)
+        _fsync_dir(data_dir)
+        shutil.rmtree(replaced, ignore_errors=True)
+        _give_to_owner_of(data_dir, ledger)
+    except BaseException:
+        shutil.rmtree(data_dir / (LEDGER_DIR + ".restoring"), ignore_errors=True)
+        raise
+    finally:
+        os.close(lock_fd)
+    return info
+
+
+def _refuse_to_replace(data_dir: Path, ledger: Path, params: ChainParams) -> None:
+    try:
+        current = Store._open_ledger(data_dir, ledger, params, -1, readonly=True, create=False)
+    except StoreError as e:
+        raise BackupError(f"{e}; restoring would replace it: pass --force to do so") from None
+    try:
+        height = current.tip().height
+    finally:
+        current.close()
+    if height > 0:
+        raise BackupError(
+            f"data directory {data_dir} already holds a ledger at height {height}; restoring would replace it: "
+            f"pass --force to do so"
+        )
+
+
+def _copy_checked(source: Path, target: Path, info: BackupInfo, progress: Callable[[int, int], None] | None) -> None:
+    digest = hashlib.sha256()
+    done = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        while chunk := src.read(_COPY_CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, info.bytes)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if done != info.bytes or digest.hexdigest() != info.sha256:
+        raise BackupError(f"{source} does not match its manifest's checksum: the backup is damaged")
+
+
+def _give_to_owner_of(data_dir: Path, ledger: Path) -> None:
+    """Run as root (sudo) for a node that runs as its own user: the restored files are the
+    node's, or it could not open them."""
+    if os.geteuid() != 0:
+        return
+    owner = data_dir.stat()
+    for path in (data_dir / "LOCK", ledger, *ledger.iterdir()):
+        os.chown(path, owner.st_uid, owner.st_gid)

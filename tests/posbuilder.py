@@ -79,7 +79,7 @@ def make_pos_params(
         max_block_bytes=1_000_000,
         max_block_txs=1_000,
         epoch_length=8,
-        unbonding_delay=5,
+        unbonding_delay=10,
         max_reorg_depth=10,
         allocations=tuple(allocations),
         stakes=tuple((staker(i).address, s) for i, s in enumerate(stakes) if s),
@@ -157,7 +157,7 @@ class PosBuilder:
 
     def next_eligible(self, parent_hash: bytes, stakers: Iterable[int] | None = None,
                       after_slot: int | None = None) -> tuple[int, int]:
-        """(slot, staker index): the first slot after the parent's (or `after_slot`) in which one
+        """(slot, staker index): the first slot after the parent's (and `after_slot`) in which one
         of `stakers` (default all) is eligible; the lowest index wins a shared slot."""
         ctx = self.context(parent_hash)
         state = self._states[parent_hash]
@@ -165,7 +165,7 @@ class PosBuilder:
         difficulty = self.engine.next_difficulty(ctx)
         candidates = [(i, staker(i), state.get(staker(i).address, EMPTY).stake)
                       for i in (range(self.stakers) if stakers is None else stakers)]
-        slot = (self.slot(ctx.parent) if after_slot is None else after_slot) + 1
+        slot = max(self.slot(ctx.parent), -1 if after_slot is None else after_slot) + 1  # never the parent's
         for _ in range(MAX_SLOTS):
             for index, k, stake in candidates:
                 if eligible(ctx.epoch_seed, slot, k.public, stake, total, difficulty):

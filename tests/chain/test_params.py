@@ -70,6 +70,7 @@ def test_network_id_changes_with_every_field(field):
     changes = {field: FIELD_CHANGES[field]}
     if field == "consensus":
         changes["stakes"] = ((C, 5),)  # a PoS network needs a stake
+        changes["unbonding_delay"] = 100  # and stake slashable as deep as a reorganisation
     base_id = params(**({"stakes": ((C, 5),)} if field == "consensus" else {})).network_id
     assert params(**changes).network_id != base_id
 
@@ -216,7 +217,12 @@ def test_supply_over_the_maximum():
 
 def test_proof_of_stake_needs_a_stake():
     refused("stake", consensus=POS)
-    params(consensus=POS, stakes=((A, 10),))
+    params(consensus=POS, stakes=((A, 10),), unbonding_delay=100)
+
+
+def test_proof_of_stake_keeps_stake_slashable_as_deep_as_a_reorganisation():
+    refused("unbonding_delay", consensus=POS, stakes=((A, 10),), unbonding_delay=99, max_reorg_depth=100)
+    params(consensus=POS, stakes=((A, 10),), unbonding_delay=100, max_reorg_depth=100)
 
 
 # --- genesis ---------------------------------------------------------------------------------

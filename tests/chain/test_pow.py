@@ -213,7 +213,7 @@ def test_engine_for_picks_the_genesis_consensus():
     from chain.pow import ProofOfWork
 
     assert isinstance(engine_for(make_params()), ProofOfWork)
-    assert isinstance(engine_for(make_params(consensus="pos", stakes=((b"\x01" * 20, 10),))), ProofOfStake)
+    assert isinstance(engine_for(make_params(consensus="pos", stakes=((b"\x01" * 20, 10),), unbonding_delay=100)), ProofOfStake)
 
 
 # --- proofs ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ POS_GENESIS: dict[str, Any] = {
     "block_interval_ms": 1000,
     "initial_difficulty": 10,
     "epoch_length": 16,
-    "unbonding_delay": 10,
+    "unbonding_delay": 100,  # at least max_reorg_depth (the default 100), as PoS requires
 }
 
 

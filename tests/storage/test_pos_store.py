@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from chain.block import Block
+from chain.consensus import future_limit_ms
 from chain.errors import ChainError, Code
 from chain.keys import SigningKey
 from chain.params import genesis_accounts
@@ -191,7 +192,8 @@ def test_a_wrong_signature_is_refused(store, b):
     h = good.header
     bad = Block(h.with_proof(h.proof[:-1] + bytes([h.proof[-1] ^ 0x40])), good.txs)
     assert refused(store, bad) == Code.BAD_PROOF
-    other_key = Block(h.with_proof(staker(3).public + h.proof[32:]), good.txs)
+    other = next(staker(i).public for i in range(8) if staker(i).public != h.proof[:32])  # not the signer
+    other_key = Block(h.with_proof(other + h.proof[32:]), good.txs)
     assert refused(store, other_key) == Code.BAD_PROOF
     assert add(store, good).status == "connected"
 
@@ -235,25 +237,33 @@ def test_timestamps_before_the_median_time_past_are_refused(store, b):
 
 def test_a_block_too_far_in_the_future_waits_and_connects_later(store, b):
     add(store, b.produce())
-    # An eligible slot at least max_future_ms after the next one.
-    ahead = b.slot(b.tip) + b.params.max_future_ms // b.params.slot_ms + 5
+    limit = future_limit_ms(b.params)
+    # Proof of Stake allows two slots ahead at most, whatever max_future_ms says.
+    assert limit == min(b.params.max_future_ms, 2 * b.params.slot_ms)
+    ahead = b.slot(b.tip) + 5
     future = b.produce(after_slot=ahead)
     ts = future.header.timestamp_ms
-    assert refused(store, future, now_ms=ts - b.params.max_future_ms - 1) == Code.TIME_TOO_NEW
+    assert refused(store, future, now_ms=ts - limit - 1) == Code.TIME_TOO_NEW
     assert Code.TIME_TOO_NEW.penalise is False
     assert store.index_entry(future.hash) is None  # not remembered as invalid: our clock may lag
-    assert add(store, future, now_ms=ts - b.params.max_future_ms).status == "connected"
+    assert add(store, future, now_ms=ts - limit).status == "connected"
 
 
-def test_headers_first_checks_signature_and_slot_but_eligibility_waits_for_the_block(store, b):
-    """The simplification chain.pos states: a header is stored on its signature alone; its
-    staker's eligibility (chain state) is judged when the block connects."""
+def test_headers_first_judge_eligibility_by_the_stake_at_our_tip(store, b):
+    """Headers arrive before the state they depend on: eligibility is judged by the stake at
+    our tip (a forged heavy header chain costs more than signatures), refused without
+    penalty (the stake may exist on a branch we have not seen), and judged exactly again
+    when the block connects."""
     add(store, b.produce())
     parent = b.tip
     first = b.slot(parent) + 1
     lost = next(s for s in range(first, first + 10_000) if not b.is_eligible(parent.hash, s, 2))
     block = b.forge(slot=lost, staker_index=2)
-    assert store.add_headers([block.header], now_ms=block.header.timestamp_ms) == block.header
+    with pytest.raises(ChainError) as info:
+        store.add_headers([block.header], now_ms=block.header.timestamp_ms)
+    assert info.value.code == Code.NOT_ELIGIBLE and not Code.NOT_ELIGIBLE.penalise
+    good = b.produce()
+    assert store.add_headers([good.header], now_ms=good.header.timestamp_ms) == good.header
     bad_sig = b.forge(slot=lost + 1, staker_index=2)
     h = bad_sig.header
     with pytest.raises(ChainError) as info:
@@ -261,6 +271,7 @@ def test_headers_first_checks_signature_and_slot_but_eligibility_waits_for_the_b
     assert info.value.code == Code.BAD_PROOF
     assert refused(store, block) == Code.BAD_PROOF
     assert store.tip().hash == parent.hash
+    assert add(store, good).status == "connected"
 
 
 # --- total stake and reorganisations -----------------------------------------------------------
@@ -367,7 +378,7 @@ def branching(draw):
 @given(branching())
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_branching_keeps_the_store_equal_to_its_replay(tmp_path_factory, steps):
-    params = make_pos_params(max_reorg_depth=30)
+    params = make_pos_params(max_reorg_depth=30, unbonding_delay=30)
     b = PosBuilder(params)
     store = Store.open(tmp_path_factory.mktemp("rnd"), params, map_size=1 << 24)
     try:
