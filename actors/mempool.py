@@ -12,6 +12,15 @@ Policy, as a node operator expects it:
 - after every new tip or reorganisation the pool drops what was confirmed or became
   invalid, and takes back the transactions of disconnected blocks.
 Signatures were checked before anything gets here.
+
+Pending transactions survive a restart or a power cut: once a second at most, the actor
+tells storage what entered and left the pool since the last time (a bounded batch; the
+rest follows a second later), and at start it reloads them. Reloaded transactions go
+through the validation actor again, as if a peer had sent them, before the pool takes
+them back against the current tip: signatures are verified again because LMDB keeps no
+checksums (a bit flipped on an SD card would otherwise reach a block this node produces
+and that every peer refuses), and doing it there fills the shared signature cache, so the
+blocks that confirm them cost nothing more.
 """
 
 from __future__ import annotations
@@ -25,15 +34,31 @@ from dataclasses import dataclass
 from actors.base import NodeActor, Supervisor
 from actors.stats import Histogram
 from actors.directory import ActorDirectory
-from actors.messages import AddTxs, BlockTemplateTxs, MempoolQuery, Tick, TipChanged, TxRejected, TxsAccepted, WantTxs
+from actors.messages import (
+    AddTxs,
+    BlockTemplateTxs,
+    MempoolQuery,
+    RestoreMempool,
+    SaveMempool,
+    Tick,
+    TipChanged,
+    TxRejected,
+    TxsAccepted,
+    TxsReceived,
+    WantTxs,
+)
 from chain.errors import ChainError, Code
 from chain.keys import address_of
 from chain.params import POS
 from chain.state import EMPTY, Account, Overlay, TxContext, apply_tx, spendable, tx_cost
-from chain.tx import Transaction
+from chain.tx import Transaction, decode_tx
 from storage.store import Store
 
 log = logging.getLogger(__name__)
+
+PERSIST_MAX_BYTES = 4 << 20  # transactions written per batch (one a second), so that a write stays short
+RESTORE_CHUNK = 1000  # reloaded transactions per batch sent for verification
+RESTORE_GRACE_MS = 120_000  # reloaded ones not back from verification by then are forgotten
 
 
 @dataclass(slots=True)
@@ -310,6 +335,14 @@ class MempoolActor(NodeActor):
         )
         self.stats = {"accepted": 0, "rejected": 0, "expired": 0}
         self.admit_seconds = Histogram()  # per transaction: the mempool's rules against the state
+        self.max_bytes = max_bytes
+        # Persistence (see the module docstring): ids storage was told to keep; reloaded ids
+        # out for verification (-> when they were first added); whether the pool changed.
+        self._persisted: set[bytes] = set()
+        self._restoring: dict[bytes, int] = {}
+        self._restore_deadline_ms = 0
+        self._restored = [0, 0]  # reloaded transactions taken back, refused
+        self._dirty = False
 
     def _account(self, address: bytes) -> Account | None:
         """A confirmed account: from the snapshot of the batch being admitted, else the store."""
@@ -347,14 +380,21 @@ class MempoolActor(NodeActor):
             case Tick(now_ms):
                 expired = self.pool.expire(now_ms)
                 if expired:
+                    self._dirty = True
                     self.stats["expired"] += len(expired)
                     log.info("mempool expired txs=%d pending=%d", len(expired), len(self.pool))
+                self._persist(now_ms)
+            case RestoreMempool():
+                self._restore()
             case "stats":
                 return dict(self.stats, size=len(self.pool), bytes=self.pool.bytes,
                             admit_seconds=self.admit_seconds.snapshot())
             case _:
                 log.warning("unexpected message actor=mempool type=%s", type(message).__name__)
         return None
+
+    def on_stop(self) -> None:
+        self._persist(_now_ms(), final=True)  # storage stops after us: it writes this
 
     def _add(self, txs: tuple[Transaction, ...], origin: bytes | None) -> list[ChainError | None]:
         """Admit each transaction; answers, in order, None for accepted or the error."""
@@ -367,16 +407,25 @@ class MempoolActor(NodeActor):
         addresses.update(tx.recipient for tx in txs)
         self._snapshot = self.store.accounts(list(addresses))
         try:
+            restoring = bool(self._restoring)
             for tx in txs:
+                # A reloaded transaction keeps the time it first came, for expiry.
+                added_ms = self._restoring.pop(tx.id, None) if restoring else None
                 try:
-                    self.pool.add(tx, now)
+                    self.pool.add(tx, added_ms or now)
                 except ChainError as e:
+                    if added_ms is not None:
+                        self._restored[1] += 1
                     results.append(e)
                     if origin is not None:
                         self.refs.tell("network", TxRejected(tx.id, origin, e))
                     continue
                 results.append(None)
                 accepted.append(tx)
+                if added_ms is not None:
+                    self._restored[0] += 1
+            if restoring and not self._restoring:
+                self._end_restore()
         finally:
             self._snapshot = None
         if txs:
@@ -384,6 +433,7 @@ class MempoolActor(NodeActor):
         self.stats["accepted"] += len(accepted)
         self.stats["rejected"] += len(txs) - len(accepted)
         if accepted:
+            self._dirty = True
             event = TxsAccepted(tuple(accepted), origin)
             self.refs.tell("network", event)
             self.refs.tell("notifier", event)
@@ -394,5 +444,67 @@ class MempoolActor(NodeActor):
         # Disconnected blocks are listed tip first; their transactions return oldest first.
         returned = [tx for block in reversed(change.disconnected) for tx in block.txs]
         kept, dropped = self.pool.rebuild(senders, returned, _now_ms())
+        self._dirty = self._dirty or bool(senders)
         if change.disconnected:
             log.info("mempool after reorganisation kept=%d dropped=%d pending=%d", kept, dropped, len(self.pool))
+
+    # --- persistence ---------------------------------------------------------------------
+
+    def _persist(self, now_ms: int, final: bool = False) -> None:
+        """Tell storage what entered and left the pool since the last call: at most
+        PERSIST_MAX_BYTES of new transactions (the rest at the next tick), unless `final`."""
+        if not self._dirty:
+            return
+        if self._restoring and now_ms > self._restore_deadline_ms:
+            self._end_restore()  # the rest were refused by validation (bad signature): never coming back
+        by_id = self.pool.by_id
+        removed = self._persisted - by_id.keys() - self._restoring.keys()
+        added, size, more = [], 0, False
+        for txid in by_id.keys() - self._persisted:
+            if size >= PERSIST_MAX_BYTES and not final:
+                more = True
+                break
+            entry = by_id[txid]
+            added.append((txid, entry.added_ms, entry.tx.raw))
+            size += len(entry.tx.raw)
+        if added or removed:
+            self.refs.tell("storage", SaveMempool(tuple(added), tuple(removed)))
+            self._persisted -= removed
+            self._persisted.update(txid for txid, _, _ in added)
+        self._dirty = more or bool(self._restoring)
+
+    def _end_restore(self) -> None:
+        kept, refused = self._restored
+        log.info("mempool restored kept=%d dropped=%d unverified=%d pending=%d", kept, refused,
+                 len(self._restoring), len(self.pool))
+        self._restoring.clear()
+        self._restored = [0, 0]
+
+    def _restore(self) -> None:
+        """Send the transactions persisted before the last stop to be verified again; they
+        come back as AddTxs, each sender's in nonce order, and are admitted against the tip."""
+        records = self.store.load_mempool(self.max_bytes)
+        self._persisted = {txid for txid, _, _ in records}
+        self._dirty = bool(records)  # what is not taken back is forgotten at the next tick
+        ordered, now, expired = [], _now_ms(), 0
+        for txid, added_ms, raw in records:
+            if now - added_ms > self.pool.expiry_ms:
+                expired += 1  # expired while the node was down
+                continue
+            try:
+                tx = decode_tx(raw)
+            except ChainError:
+                continue
+            if tx.id == txid:
+                ordered.append(((address_of(tx.sender), tx.nonce, -tx.fee), txid, added_ms, raw))
+        if records:
+            log.info("mempool restoring txs=%d expired=%d (verified again before they are taken back)",
+                     len(ordered), expired)
+        if not ordered:
+            return
+        ordered.sort(key=lambda item: item[0])
+        self._restoring = {txid: added_ms for _, txid, added_ms, _ in ordered}
+        self._restore_deadline_ms = now + RESTORE_GRACE_MS
+        raws = [raw for _, _, _, raw in ordered]
+        for start in range(0, len(raws), RESTORE_CHUNK):
+            self.refs.tell("validation", TxsReceived(tuple(raws[start : start + RESTORE_CHUNK]), None))

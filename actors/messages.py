@@ -157,6 +157,20 @@ class SavePeers:
     bans: dict
 
 
+@dataclass(frozen=True, slots=True)
+class SaveMempool:
+    """Persist pending transactions: `added` as (tx id, added at ms, raw bytes), `removed`
+    as tx ids. The mempool sends one at most every second; storage writes it."""
+
+    added: tuple
+    removed: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreMempool:
+    """Reload the pending transactions persisted before the last stop (told once at start)."""
+
+
 # --- network <-> sync ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PeerReady:

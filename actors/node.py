@@ -22,7 +22,7 @@ import pykka
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.mempool import MempoolActor
-from actors.messages import AddTxs, CheckTx, MempoolQuery, Tick
+from actors.messages import AddTxs, CheckTx, MempoolQuery, RestoreMempool, Tick
 from actors.network import NetworkActor
 from actors.notifier import NotifierActor
 from actors.producer import ProducerActor
@@ -97,6 +97,7 @@ class Node:
                 batch_min=s.validation.batch_min,
                 cache_size=s.validation.cache_size,
             )
+            self.refs.tell("mempool", RestoreMempool())  # pending transactions from before the last stop
             if s.producer.enabled and self.params.consensus == POS:
                 if self.staking_key is None:
                     raise ValueError("staking on a Proof of Stake network needs the wallet key")

@@ -21,6 +21,7 @@ from actors.messages import (
     BlockRejected,
     BlockStored,
     HeadersStored,
+    SaveMempool,
     SavePeers,
     TipChanged,
 )
@@ -57,6 +58,8 @@ class StorageActor(NodeActor):
                     self.store.save_peers(records)
                 for node_id, until in bans.items():
                     self.store.save_ban(node_id, until)
+            case SaveMempool(added, removed):
+                self.store.save_mempool(added, removed)
             case "stats":
                 return dict(self.stats, connect_seconds=self.connect_seconds.snapshot(),
                             reorg_depth=self.reorg_depth.snapshot())
