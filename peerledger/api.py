@@ -12,20 +12,30 @@
 Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with a stable code: the
 chain's rejection codes (bad_encoding, bad_signature, wrong_nonce, insufficient_funds,
 fee_too_low, mempool_full, ...) and not_found, bad_request, body_too_large,
-method_not_allowed, busy.
+method_not_allowed, busy, unauthorized, backup_failed.
 
 It listens on loopback unless the TOML says otherwise. Bodies, paths and concurrent
 connections are bounded, and every socket has a timeout, so a slow or hostile client
 cannot pin the node's memory or threads.
+
+Admin routes need the token the node writes at each start to <data_dir>/api.cookie
+(mode 0600), sent as `Authorization: Bearer <token>`; without it they answer 401
+`unauthorized`, before anything else is looked at:
+
+    POST /admin/backup           {"path": "/abs/dir"}: a consistent copy of the ledger, made
+                                 while the node runs (storage.store.Store.backup); answers
+                                 its manifest (height, tip, bytes, sha256) once written
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -137,6 +147,9 @@ def block_json(block: Block, confirmations: int | None) -> dict[str, Any]:
 class Api:
     """The routes, over a running `actors.node.Node` (reads the store, asks the actors)."""
 
+    admin_token = ""  # what admin routes require (the cookie's token); empty: they are refused
+    _backup_lock = threading.Lock()  # one backup at a time
+
     def __init__(self, node: Any, node_id: bytes = b"", node_name: str = "") -> None:
         self.node = node
         self.node_id = node_id
@@ -164,6 +177,11 @@ class Api:
             "tx_count": tip.tx_count,
             "peers": sum(1 for p in peers if p.get("ready")),  # handshaken sessions, not bans
             "syncing": node.syncing() if hasattr(node, "syncing") else False,
+            # What sync is heading for: the heaviest header stored, and the best height a peer
+            # announced at its handshake (None without peers).
+            "best_header_height": node.store.best_header()[1].height,
+            "best_peer_height": max((p["height"] for p in peers if p.get("ready") and p.get("height") is not None),
+                                    default=None),
             "mempool_size": mempool["size"],
             "mempool_bytes": mempool["bytes"],
             "clock_offset_ms": node.clock.offset_ms,
@@ -236,6 +254,29 @@ class Api:
         except ChainError as e:
             raise ApiError(_STATUS_OF.get(e.code, 422), e.code.text, e.message) from None
         return {"id": txid.hex()}
+
+    def backup(self, body: bytes) -> dict[str, Any]:
+        """POST /admin/backup: the copy is made in this request's thread, from a read snapshot."""
+        from storage.store import BackupError, StoreError
+
+        try:
+            path = json.loads(body)["path"]
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400, "bad_request", 'expected a JSON object {"path": "<absolute directory>"}') from None
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise ApiError(400, "bad_request", "path must be an absolute path on the node's machine")
+        if not self._backup_lock.acquire(blocking=False):
+            raise ApiError(409, "busy", "a backup is already being written; try again when it is done")
+        try:
+            started = time.monotonic()
+            info = self.node.store.backup(path)
+        except BackupError as e:
+            raise ApiError(422, "backup_failed", str(e)) from None
+        except StoreError as e:
+            raise ApiError(500, "backup_failed", str(e)) from None
+        finally:
+            self._backup_lock.release()
+        return dict(info.to_json(), path=path, seconds=round(time.monotonic() - started, 3))
 
     def peers(self) -> list[dict[str, Any]]:
         return self.node.peers() if hasattr(self.node, "peers") else []
@@ -315,6 +356,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str, parts: list[str]) -> Any:
         api = self.api
+        if parts[:1] == ["admin"]:
+            self._authorize()  # before anything else: no route or error says more
+            if parts == ["admin", "backup"]:
+                if method != "POST":
+                    raise ApiError(405, "method_not_allowed", "use POST /admin/backup")
+                return api.backup(self._body())
+            raise ApiError(404, "not_found", f"no route {method} /{'/'.join(parts)}")
         if method == "GET":
             match parts:
                 case ["status"]:
@@ -342,6 +390,15 @@ class _Handler(BaseHTTPRequestHandler):
                 case ["status"] | ["blocks", _] | ["txs", _] | ["accounts", _] | ["peers"] | ["metrics"] | []:
                     raise ApiError(405, "method_not_allowed", f"{'/'.join(parts)} is read-only")
         raise ApiError(404, "not_found", f"no route {method} /{'/'.join(parts)}")
+
+    def _authorize(self) -> None:
+        token = self.api.admin_token
+        sent = self.headers.get("Authorization", "")
+        scheme, _, value = sent.partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            why = "no admin token was sent" if not sent else "the admin token is wrong"
+            raise ApiError(401, "unauthorized", f"{why}: send 'Authorization: Bearer <token>' with the token "
+                                                f"in <data_dir>/api.cookie (the peerledger CLI does)")
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")

@@ -2,9 +2,12 @@
 
     peerledger init --config FILE          create the data directory, node key and default wallet
     peerledger run --config FILE           run the node in the foreground until SIGINT/SIGTERM
-    peerledger status --config FILE        one screen about the running node
+    peerledger status --config FILE        one screen about the running node (--watch: live)
+    peerledger peers --config FILE         the node's peers: address, height, latency, score, bans
+    peerledger backup --config FILE DEST   a consistent copy of the running node's ledger
+    peerledger restore --config FILE DIR   put a backup in place of a stopped node's ledger
     peerledger wallet new|address|balance|send --config FILE ...
-    peerledger config check FILE           validate a node config (and its genesis spec)
+    peerledger config check [FILE]         validate a node config (and its genesis spec)
     peerledger config show --config FILE   the effective configuration, defaults filled in
     peerledger devnet                      a small local network of real node processes
 
@@ -30,7 +33,7 @@ from chain.errors import ChainError
 from chain.keys import address_from_text, address_to_text
 from chain.params import ChainParams
 from chain.tx import sign_tx
-from peerledger import keyfiles
+from peerledger import console, keyfiles
 from peerledger.client import ApiClient, ApiClientError
 from peerledger.config import ConfigError, Settings, load_genesis, load_settings, render_settings, split_host_port
 
@@ -91,6 +94,8 @@ def _print(document: Any, as_json: bool, text: str) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from storage.store import Store
 
+    if args.keys_only:
+        return _init_keys(load_settings(_config_path(args)), args.encrypt)
     settings, params = _load(args)
     data_dir = settings.node.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +119,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     if host in ("0.0.0.0", "::"):
         host = "<this host's address>"
     print(f"peer address    {public.hex()}@{host}:{port}   (nodes that should dial you list this in seeds)")
+    return EXIT_OK
+
+
+def _init_keys(settings: Settings, encrypt: bool) -> int:
+    """`init --keys-only`: the node key and default wallet, no ledger, so no genesis spec is
+    needed yet (a cluster's genesis names the stakers' addresses, made here first)."""
+    data_dir = settings.node.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    if not (data_dir / keyfiles.NODE_KEY_FILE).exists():
+        keyfiles.create_node_key(data_dir)
+    if not keyfiles.wallet_exists(data_dir, keyfiles.DEFAULT_WALLET):
+        keyfiles.create_wallet(data_dir, keyfiles.DEFAULT_WALLET, _passphrase(True) if encrypt else None)
+    public, _ = keyfiles.load_node_key(data_dir)
+    print(f"data directory  {data_dir}")
+    print(f"node id         {public.hex()}")
+    print(f"default wallet  {address_to_text(keyfiles.wallet_address(data_dir, keyfiles.DEFAULT_WALLET))}")
+    print("no ledger yet: run `peerledger init` again once the genesis spec is in place")
     return EXIT_OK
 
 
@@ -158,11 +181,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     api_server = None
+    cookie = ""
     try:
         node.start()
         if settings.api.enabled:
             host, port = split_host_port(settings.api.listen)
-            api_server = ApiServer(Api(node, public, settings.node.name), host, port, settings.api.max_body_bytes)
+            api = Api(node, public, settings.node.name)
+            api.admin_token = cookie = keyfiles.write_cookie(settings.node.data_dir)
+            api_server = ApiServer(api, host, port, settings.api.max_body_bytes)
             api_server.start()
             log.info("api listening address=%s:%d", host, api_server.port)
         while not node.wait(0.5):
@@ -171,6 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if api_server is not None:
             api_server.stop()
+        if cookie:
+            keyfiles.remove_cookie(settings.node.data_dir, cookie)
         node.stop()
     return EXIT_OK if node.stop_reason.startswith("received") else EXIT_FAILED
 
@@ -179,20 +207,72 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).status()
-    lines = [
-        f"network    {status['network']} ({status['consensus']}) {status['network_id'][:16]}",
-        f"node       {status['name'] or '-'} {status['node_id'][:16]}",
-        f"height     {status['height']}",
-        f"tip        {status['tip']}",
-        f"state      {status['state_hash']}",
-        f"peers      {status['peers']}" + ("   syncing" if status["syncing"] else ""),
-        f"mempool    {status['mempool_size']} txs, {status['mempool_bytes']} bytes",
-        f"clock      offset {status['clock_offset_ms']} ms",
-    ]
-    if status["producing"]:
-        lines.append(f"producing  {status['hash_rate']} hashes/s, {status['blocks_produced']} blocks")
-    _print(status, args.json, "\n".join(lines))
+    client = _client(args)
+    if args.json:
+        _print(client.status(), True, "")
+        return EXIT_OK
+    while True:
+        status, peers = client.status(), client.peers()
+        screen = console.status_screen(status, peers, int(time.time() * 1000))
+        if not args.watch:
+            print(screen)
+            return EXIT_OK
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: one screen redrawn in place
+        print(screen + f"\n\n(every {args.watch:g} s; Ctrl-C to quit)", flush=True)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _client(args).peers()
+    _print(peers, args.json, console.peers_table(peers, int(time.time() * 1000)))
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from storage.store import BACKUP_DATA
+
+    settings = load_settings(_config_path(args))
+    client = _client(args, settings)
+    client.admin_token = keyfiles.read_cookie(settings.node.data_dir)
+    dest = Path(os.path.abspath(args.dest))
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise CliError(f"{dest} already exists and is not an empty directory; choose a new path")
+    data_file = dest / BACKUP_DATA
+
+    def written() -> int:
+        return data_file.stat().st_size if data_file.exists() else 0
+
+    info = console.run_with_progress(lambda: client.backup(str(dest), args.timeout), written, "backing up")
+    if not (dest / BACKUP_DATA).exists():
+        raise CliError(
+            f"the node wrote the backup to {dest}, but it is not visible here: a node run by systemd with "
+            f"PrivateTmp has its own /tmp. Back up to a directory both can see, e.g. /var/backups/peerledger/..."
+        )
+    text = (
+        f"backup of {info['network']} at height {info['height']} (tip {info['tip'][:16]}) written to {dest}: "
+        f"{console.size(info['bytes'])} in {info['seconds']:.1f} s"
+    )
+    _print(info, args.json, text)
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from storage.store import restore_backup
+
+    settings, params = _load(args)
+    data_dir = settings.node.data_dir
+    with console.Progress("restoring") as progress:
+        info = restore_backup(args.backup, data_dir, params, force=args.force, progress=progress.update)
+    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.created_ms / 1000))
+    print(f"restored {info.network} at height {info.height} (tip {info.tip[:16]}, backed up {created}) "
+          f"into {data_dir}")
+    if not (data_dir / keyfiles.NODE_KEY_FILE).exists():
+        print("this data directory has no node key yet: run `peerledger init` (it keeps the restored ledger)")
+    print("start the node: it catches up with its peers from there")
     return EXIT_OK
 
 
@@ -241,13 +321,45 @@ def cmd_wallet(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "check":
-        settings = load_settings(args.file)
+        path = Path(args.file) if args.file else _config_path(args)
+        settings = load_settings(path)
         params = load_genesis(settings.node.genesis)
-        print(f"{args.file}: ok (network {params.name}, consensus {params.consensus}, id {params.network_id.hex()[:16]})")
+        for warning in config_warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"{path}: ok (network {params.name}, consensus {params.consensus}, id {params.network_id.hex()[:16]})")
         return EXIT_OK
     settings = load_settings(_config_path(args))
     print(render_settings(settings), end="")
     return EXIT_OK
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Valid settings that will still not do what the operator most likely wants."""
+    net, warnings = settings.network, []
+    own = ""
+    if (settings.node.data_dir / keyfiles.NODE_KEY_FILE).exists():
+        try:
+            own = keyfiles.load_node_key(settings.node.data_dir)[0].hex()
+        except (keyfiles.KeyFileError, OSError):
+            pass
+    seed_keys = [seed.partition("@")[0] for seed in net.seeds]
+    if net.allow_list:
+        for seed in net.seeds:
+            if seed.partition("@")[0] not in net.allow_list:
+                warnings.append(f"[network] seeds: {seed[:16]}... is not in allow_list: the connection will be refused")
+        if own and own not in net.allow_list:
+            warnings.append(f"[network] allow_list does not list this node's own id {own[:16]}...: "
+                            f"nodes sharing this list will refuse it")
+    if own and own in seed_keys:
+        warnings.append(f"[network] seeds lists this node itself ({own[:16]}...)")
+    if settings.api.enabled:
+        host, _ = split_host_port(settings.api.listen)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            warnings.append(f"[api] listen {settings.api.listen} is reachable from other machines: anyone who "
+                            f"reaches it can read the ledger and submit transactions")
+    if sys.maxsize < 2**32 and settings.storage.map_size_mb >= 2048:
+        warnings.append("[storage] map_size_mb is 2048 or more on a 32-bit system: the map is kept below 2 GiB")
+    return warnings
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
@@ -274,11 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(commands.add_parser("init", help="create the data directory, node key and default wallet"))
     p.add_argument("--encrypt", action="store_true", help="protect the default wallet with a passphrase")
+    p.add_argument("--keys-only", action="store_true",
+                   help="only the node key and default wallet (before the genesis spec exists)")
     p.set_defaults(func=cmd_init)
     with_config(commands.add_parser("run", help="run the node until SIGINT or SIGTERM")).set_defaults(func=cmd_run)
-    with_api(with_config(commands.add_parser("status", help="show the running node's state"))).set_defaults(
-        func=cmd_status
+    p = with_api(with_config(commands.add_parser("status", help="show the running node's state")))
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, default=0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    p.set_defaults(func=cmd_status)
+    with_api(with_config(commands.add_parser("peers", help="list the running node's peers and bans"))).set_defaults(
+        func=cmd_peers
     )
+    p = with_api(with_config(commands.add_parser("backup", help="copy the running node's ledger to DEST")))
+    p.add_argument("dest", metavar="DEST", help="a new directory on the node's machine (the node writes it)")
+    p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS", help="give up after (default 3600)")
+    p.set_defaults(func=cmd_backup)
+    p = with_config(commands.add_parser("restore", help="put a backup in place of a stopped node's ledger"))
+    p.add_argument("backup", metavar="BACKUP", help="a directory written by `peerledger backup`")
+    p.add_argument("--force", action="store_true", help="replace a ledger that holds blocks")
+    p.set_defaults(func=cmd_restore)
 
     wallet = commands.add_parser("wallet", help="keys, balances and payments")
     wallet_commands = wallet.add_subparsers(dest="wallet_command", required=True, metavar="WALLET_COMMAND")
@@ -301,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="check or show a configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
-    config_commands.add_parser("check", help="validate a node TOML file").add_argument("file")
+    p = with_config(config_commands.add_parser("check", help="validate a node TOML file"))
+    p.add_argument("file", nargs="?", help="the file (default: --config or $PEERLEDGER_CONFIG)")
     with_config(config_commands.add_parser("show", help="print the effective configuration"))
     config.set_defaults(func=cmd_config)
 
@@ -336,8 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - StoreError and friends: one line, no traceback
         name = type(e).__name__
-        if name.startswith("Store"):
+        if name.startswith("Store") or name == "BackupError":
             print(f"peerledger: {e}", file=sys.stderr)
+            if name == "StoreCorrupt":
+                print("peerledger: restore a backup with `peerledger restore --force`, or move the data directory's "
+                      "ledger/ aside and start the node again to sync the chain from its peers (README, "
+                      "\"A damaged store\")", file=sys.stderr)
             return EXIT_FAILED
         raise
 

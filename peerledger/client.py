@@ -21,18 +21,24 @@ class ApiClientError(Exception):
 
 
 class ApiClient:
-    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S) -> None:
+    """`admin_token` (the node's <data_dir>/api.cookie) is sent with admin requests."""
+
+    def __init__(self, host: str, port: int, timeout: float = TIMEOUT_S, admin_token: str = "") -> None:
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.timeout = timeout
+        self.admin_token = admin_token
 
-    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "") -> Any:
+    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "",
+                 timeout: float | None = None) -> Any:
         request = urllib.request.Request(self.base + path, data=body, method=method)
         if content_type:
             request.add_header("Content-Type", content_type)
+        if path.startswith("/admin/") and self.admin_token:
+            request.add_header("Authorization", f"Bearer {self.admin_token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             try:
@@ -65,3 +71,8 @@ class ApiClient:
     def submit(self, raw: bytes) -> str:
         body = json.dumps({"tx": raw.hex()}).encode()
         return self._request("POST", "/txs", body, "application/json")["id"]
+
+    def backup(self, path: str, timeout: float) -> dict[str, Any]:
+        """POST /admin/backup; answers once the backup is written (a large store takes minutes)."""
+        body = json.dumps({"path": path}).encode()
+        return self._request("POST", "/admin/backup", body, "application/json", timeout=timeout)

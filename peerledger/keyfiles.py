@@ -8,6 +8,9 @@ clear, so the node can credit rewards to a wallet without ever unlocking it.
     <data_dir>/node.key               node public and secret CURVE keys (hex), 0600
     <data_dir>/wallets/<name>.pem     wallet private key (PKCS#8 PEM), 0600
     <data_dir>/wallets/<name>.address its text address
+    <data_dir>/api.cookie             the API's admin token, new at every start, 0600 (as
+                                      bitcoind's .cookie: whoever can read the data
+                                      directory may administer the node)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import stat
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from chain.keys import SigningKey, address_from_text, address_to_text
 from transport.keys import generate_node_keypair, public_key_of
 
 NODE_KEY_FILE = "node.key"
+COOKIE_FILE = "api.cookie"
 WALLET_DIR = "wallets"
 DEFAULT_WALLET = "default"
 _WALLET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -78,6 +83,48 @@ def load_node_key(data_dir: Path) -> tuple[bytes, bytes]:
     if public_key_of(secret) != public:
         raise KeyFileError(f"{path}: the public key does not match the secret key")
     return public, secret
+
+
+# --- the API's admin cookie --------------------------------------------------------------------
+
+
+def write_cookie(data_dir: Path) -> str:
+    """A fresh random admin token in <data_dir>/api.cookie (0600, replacing any left by an
+    earlier run); answers it."""
+    token = secrets.token_hex(32)
+    path, tmp = data_dir / COOKIE_FILE, data_dir / (COOKIE_FILE + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def read_cookie(data_dir: Path) -> str:
+    """The running node's admin token; KeyFileError says what to do when it cannot be read."""
+    path = data_dir / COOKIE_FILE
+    try:
+        token = read_private(path).decode().strip()
+    except PermissionError:
+        raise KeyFileError(f"cannot read {path}: run this command as the user the node runs as") from None
+    except KeyFileError as e:
+        if not path.exists():
+            raise KeyFileError(f"{path} does not exist: is the node running with its API enabled?") from None
+        raise KeyFileError(str(e)) from None
+    if len(token) != 64:
+        raise KeyFileError(f"{path} does not hold a token; restart the node to write a new one")
+    return token
+
+
+def remove_cookie(data_dir: Path, token: str) -> None:
+    """Remove the cookie at stop, unless another run has replaced it meanwhile."""
+    path = data_dir / COOKIE_FILE
+    try:
+        if path.read_text().strip() == token:
+            path.unlink()
+    except OSError:
+        pass
 
 
 # --- wallets ---------------------------------------------------------------------------------
