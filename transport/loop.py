@@ -51,6 +51,18 @@ when `publish` is called, so a message dropped here or by the PUB socket's high-
 mark (zmq drops silently for a slow subscriber) leaves a gap the subscriber can see, and a
 restarted node starts again at 0. The PUB is plaintext: it belongs on loopback.
 
+Dead links: found by the kernel, not by ZMTP heartbeats. libzmq 4.3.5 aborts the whole
+process (`Assertion failed: !_io_error (stream_engine_base.cpp)`, zeromq/libzmq#4364) when a
+heartbeat timer fires on a connection whose input had stopped and that then failed: exactly
+what ROUTER_HANDOVER produces when a peer redials while its old connection still carries
+data and that old connection then closes - every partition that heals, and a peer can do it
+on purpose. So heartbeats are off by default (heartbeat_ivl_ms=0) and every connection has
+TCP keepalive (idle TCP_KEEPALIVE_IDLE_S, then TCP_KEEPALIVE_COUNT probes
+TCP_KEEPALIVE_INTVL_S apart) and a TCP user timeout (TCP_MAXRT_MS: data unacknowledged
+that long aborts the connection): a dead inbound connection goes away by itself, and a
+dead outbound one is redialled. Peers that stop answering are dropped by the network
+actor's own ping and peer timeout, whatever TCP does.
+
 Reconnect: zmq reconnects an outbound DEALER by itself with capped exponential backoff
 (RECONNECT_IVL doubling up to RECONNECT_IVL_MAX). Every successful handshake gives LinkUp
 again and every disconnect LinkDown, because messages in flight are lost and a reconnected
@@ -98,9 +110,13 @@ DEFAULT_PORT = 0  # 0 = the OS picks a free port; read it back from Transport.bo
 CURVE_OVERHEAD = 1024
 MAX_MESSAGE_BYTES = MAX_FRAME_SIZE + CURVE_OVERHEAD
 HWM = 1000  # messages queued per connection in each direction (SNDHWM / RCVHWM)
-HEARTBEAT_IVL_MS = 5_000  # a ZMTP PING on every connection this often
-HEARTBEAT_TIMEOUT_MS = 15_000  # no traffic for this long: the connection is dead (3 pings)
-HEARTBEAT_TTL_MS = 20_000  # tells the remote end to drop us after this long without traffic
+HEARTBEAT_IVL_MS = 0  # ZMTP heartbeats off: they can abort the process (see "Dead links")
+HEARTBEAT_TIMEOUT_MS = 15_000  # (when heartbeats are turned on) no traffic this long: dead
+HEARTBEAT_TTL_MS = 20_000  # (when heartbeats are turned on) the remote end drops us after this
+TCP_KEEPALIVE_IDLE_S = 10  # an idle connection is probed after this long...
+TCP_KEEPALIVE_INTVL_S = 2  # ...every this often...
+TCP_KEEPALIVE_COUNT = 3  # ...and is dead after this many unanswered probes (~16 s)
+TCP_MAXRT_MS = 20_000  # data unacknowledged this long: the connection is dead (TCP_USER_TIMEOUT)
 RECONNECT_IVL_MS = 500  # first reconnect delay after a drop...
 RECONNECT_IVL_MAX_MS = 30_000  # ...doubling on every failed attempt up to this cap
 SEND_QUEUE_SIZE = 10_000  # frames waiting for the loop, all peers together
@@ -570,6 +586,11 @@ class Transport:
         sock.rcvhwm = self._rcvhwm
         sock.maxmsgsize = self._max_message_bytes
         sock.heartbeat_ivl, sock.heartbeat_timeout, sock.heartbeat_ttl = self._heartbeat
+        sock.tcp_keepalive = 1
+        sock.tcp_keepalive_idle = TCP_KEEPALIVE_IDLE_S
+        sock.tcp_keepalive_intvl = TCP_KEEPALIVE_INTVL_S
+        sock.tcp_keepalive_cnt = TCP_KEEPALIVE_COUNT
+        sock.tcp_maxrt = TCP_MAXRT_MS
         sock.reconnect_ivl, sock.reconnect_ivl_max = self._reconnect
 
     def _loop(self) -> None:
