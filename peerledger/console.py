@@ -111,14 +111,14 @@ def status_screen(status: dict[str, Any], peers: list[dict[str, Any]] | None, no
 def peers_table(peers: list[dict[str, Any]], now_ms: int) -> str:
     """The table of `peerledger peers`: sessions first (ready ones first), then bans."""
     sessions = sorted((p for p in peers if "banned_until_ms" not in p),
-                      key=lambda p: (not p.get("ready"), p.get("direction", ""), p["node_id"]))
+                      key=lambda p: (not p.get("ready"), p.get("direction") != "outbound", p["node_id"]))
     bans = {p["node_id"]: p["banned_until_ms"] for p in peers if "banned_until_ms" in p}
     rows = []
     for p in sessions:
         latency = p.get("latency_ms")
         until = bans.pop(p["node_id"], None)
         rows.append([
-            p["node_id"][:16], p.get("address") or "-", p.get("direction", "-")[:3],
+            p["node_id"][:16], p.get("address") or "-", {"outbound": "out", "inbound": "in"}.get(p.get("direction"), "-"),
             "yes" if p.get("ready") else "no", p.get("height"),
             f"{latency:.0f} ms" if latency is not None else None, p.get("score", 0),
             f"banned {duration((until - now_ms) / 1000)}" if until else "-",
