@@ -9,7 +9,7 @@ so, summed over all stake, one slot in `difficulty` has a producer. The epoch se
 hash of the first block of the previous epoch (`epoch_seed_height`; genesis for the first
 two epochs): fixed at least `epoch_length` blocks before it is used, so that a staker cannot
 grind it by reshuffling the block it is producing. Difficulty is
-adjusted every block exactly as in Proof of Work (ASERT on the parent's solvetime): when
+adjusted every block by chain.difficulty, exactly as in Proof of Work: when
 stakers go offline, blocks come later, difficulty falls and the rest keep the configured
 interval. Fork choice is by cumulative difficulty, like cumulative work.
 
@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from chain.block import MAX_HEADER_SIZE, Header, decode_header
 from chain.consensus import HeaderContext
+from chain.difficulty import next_difficulty
 from chain.encoding import Reader, Writer, sha256
 from chain.errors import ChainError, Code, DecodeError
 from chain.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, address_of, verify
 from chain.params import ChainParams
-from chain.pow import asert_next
 from chain.state import Evidence
 
 PROOF_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
@@ -90,12 +90,7 @@ class ProofOfStake:
         self.params = params
 
     def next_difficulty(self, ctx: HeaderContext) -> int:
-        p = self.params
-        if ctx.grandparent is None or ctx.grandparent.height == 0:
-            return p.initial_difficulty
-        solvetime = ctx.parent.timestamp_ms - ctx.grandparent.timestamp_ms
-        return asert_next(ctx.parent.difficulty, solvetime, p.block_interval_ms, p.difficulty_half_life,
-                          p.min_difficulty)
+        return next_difficulty(self.params, ctx)
 
     def precheck(self, header: Header) -> None:
         public = header_signer(header, self.params.network_id)

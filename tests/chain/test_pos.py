@@ -360,7 +360,7 @@ def test_next_difficulty_is_asert_on_the_parent_solvetime():
     b = PosBuilder(make_pos_params(initial_difficulty=40, block_interval_ms=4000))
     blocks = b.produce_many(30)
     assert [blk.header.difficulty for blk in blocks[:2]] == [40, 40]  # blocks 1 and 2 start at the genesis one
-    from chain.pow import asert_next
+    from chain.difficulty import asert_next
 
     p = b.params
     for grandparent, parent, child in zip(blocks, blocks[1:], blocks[2:]):

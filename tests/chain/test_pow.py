@@ -15,10 +15,9 @@ from chain.block import HEADER_VERSION, Header
 from chain.consensus import HeaderContext, better_tip, check_header_context, engine_for
 from chain.encoding import sha256, sha256d
 from chain.errors import ChainError, Code
+from chain.difficulty import MAX_DIFFICULTY, asert_next
 from chain.pow import (
-    MAX_DIFFICULTY,
     ProofOfWork,
-    asert_next,
     meets_target,
     nonce_proof,
     search_nonce,

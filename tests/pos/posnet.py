@@ -12,7 +12,7 @@ made in its data directory before the genesis spec is written and before `peerle
 The genesis (POS_GENESIS) has slots of 100 ms and a block every second: difficulty 10 is
 "one slot in ten has a producer". Not the 250 ms / difficulty 4 of devnet: ASERT moves the
 (integer) difficulty in whole steps, which at 4 are 25% each and hold the mean interval about
-25% above the target (simulated with chain.pow.asert_next: 1.25 s for a 1 s target, and a
+25% above the target (simulated with chain.difficulty.asert_next: 1.25 s for a 1 s target, and a
 60-block mean beyond +35% in ~12% of runs); at 10 the bias is ~7%.
 """
 

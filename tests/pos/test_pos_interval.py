@@ -8,7 +8,7 @@ block timestamps of the main chain (GET /blocks/{h}) over 60 blocks after a warm
 Why +-35%: with 5 equal stakers at difficulty ~10, a solvetime is close to geometric (a
 standard deviation about equal to its mean), so a mean of 60 has a relative standard
 deviation of ~13% before ASERT's feedback, which narrows it; integer difficulty steps add a
-bias of ~+7%. Simulated with the node's own ASERT (chain.pow.asert_next) over 2,000 runs,
+bias of ~+7%. Simulated with the node's own ASERT (chain.difficulty.asert_next) over 2,000 runs,
 the 60-block mean fell outside +-35% in 0.05% of them; the real network adds forks (two
 stakers eligible in one slot) and scheduling delays on a loaded 2-core machine, which a
 tighter bound would turn into flakiness, not information.
