@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -49,6 +50,10 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ApiClientError("unreachable", f"cannot reach the node's API at {self.base}: {reason}") from None
+        except http.client.HTTPException as e:  # the node went away in the middle of its answer
+            raise ApiClientError("unreachable", f"the node's API at {self.base} broke off its answer: {e!r}") from None
+        except ValueError:
+            raise ApiClientError("bad_response", f"{self.base}{path} did not answer JSON") from None
 
     def get(self, path: str) -> Any:
         return self._request("GET", path)
