@@ -13,7 +13,6 @@ import time
 from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
-from actors.stats import DEPTH_BUCKETS, Histogram
 from actors.messages import (
     AddBlock,
     AddHeaders,
@@ -25,6 +24,7 @@ from actors.messages import (
     SavePeers,
     TipChanged,
 )
+from actors.stats import DEPTH_BUCKETS, Histogram
 from chain.errors import ChainError, Code
 from storage.store import Store
 
