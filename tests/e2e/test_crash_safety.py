@@ -62,6 +62,7 @@ class Trickle(threading.Thread):
         self.stopping = threading.Event()
         self.accepted = 0
         self.refused: dict[str, int] = {}
+        self.crashed: BaseException | None = None  # anything but ApiClientError is a bug to report
 
     def run(self) -> None:
         network_id = None
@@ -78,11 +79,15 @@ class Trickle(threading.Thread):
                 self.accepted += 1
             except ApiClientError as e:  # the node is down or restarting, or lost its mempool
                 self.refused[e.code] = self.refused.get(e.code, 0) + 1
+            except Exception as e:  # noqa: BLE001 - kept for the test to fail on
+                self.crashed = e
+                return
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(10)
         assert not self.is_alive(), "the transaction trickle did not stop"
+        assert self.crashed is None, f"the API client failed outside its contract: {self.crashed!r}"
 
 
 def check_store(node: NodeProcess, seen: Seen) -> tuple[int, int]:
@@ -171,7 +176,8 @@ def test_kill_9_at_random_moments_loses_nothing_reported(nodes):
         assert txs > 0, "no transaction reached a block: the crashes were not tested under load"
         assert "damaged" not in node.log_text()
     finally:
-        trickle.stop()
+        trickle.stopping.set()
+        trickle.join(10)
         print(f"\ncrash safety (seed {SEED}): {len(rounds)} kills in {time.monotonic() - started:.1f} s, "
               f"final height {height}, {txs} transactions on chain, {trickle.accepted} submitted, "
               f"refused {trickle.refused}")
