@@ -93,6 +93,7 @@ MAX_INV_QUEUE = 10_000  # announcements waiting for one peer; oldest dropped bey
 KNOWN_INV = 20_000  # ids remembered per peer as already known to it
 RELAY_CACHE_TXS = 50_000
 RELAY_CACHE_AGE_MS = 15 * 60_000
+REANNOUNCE_EVERY_MS = 30_000  # pending transactions this old are announced again to every peer
 TX_REQUEST_TIMEOUT_MS = 10_000
 MAX_TX_REQUESTS = 50_000
 RECENT_REJECTS = 20_000
@@ -194,6 +195,7 @@ class NetworkActor(NodeActor):
         self.tx_requests: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (peer, ms)
         self.rejected_txs = _LruSet(RECENT_REJECTS)
         self._last_persist_ms = 0
+        self._last_reannounce_ms = 0
         self._last_decay_ms = 0
         self._flusher_stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -257,6 +259,9 @@ class NetworkActor(NodeActor):
                 self._relay_txs(txs, origin, now)
             case TipChanged(_tip, connected, disconnected):
                 self._announce_blocks(connected)
+                for block in connected:  # confirmed: no longer pending, never announced again
+                    for tx in block.txs:
+                        self.relay.pop(tx.id, None)
                 if disconnected:
                     self._relay_returned(connected, disconnected, now)
             case TxRejected(txid, origin, error):
@@ -391,6 +396,7 @@ class NetworkActor(NodeActor):
                 )
                 if not session.sent_addr:
                     self.transport.send(peer, GetAddr())
+                self._announce_pending(session, now, min_age_ms=0)
             self.refs.tell("sync", PeerReady(peer, hello.best_hash, hello.best_height, hello.best_weight))
 
     # --- inbound messages ---------------------------------------------------------------------
@@ -556,6 +562,20 @@ class NetworkActor(NodeActor):
         if returned:
             self._relay_txs(returned, None, now)
 
+    def _announce_pending(self, session: Session, now: int, min_age_ms: int) -> None:
+        """Announce the pending transactions of the relay cache (at least `min_age_ms` old) to
+        a peer, whether or not we announced them before: an INV or its GETDATA lost with a
+        link that went down (zmq drops what is in flight), or a peer that was away, would
+        otherwise leave a transaction in our mempool that no producer ever hears of. The
+        peer fetches only what it lacks; the per-peer queue bound applies."""
+        for txid, (_raw, added_ms) in self.relay.items():
+            if now - added_ms < min_age_ms:
+                break  # oldest first: the rest are younger
+            session.known.add(txid)
+            session.inv_queue.append(InvItem(InvKind.TX, txid))
+        if len(session.inv_queue) > MAX_INV_QUEUE:
+            del session.inv_queue[: len(session.inv_queue) - MAX_INV_QUEUE]
+
     def _flush(self) -> None:
         for session in self.sessions.values():
             queue = session.inv_queue
@@ -652,6 +672,11 @@ class NetworkActor(NodeActor):
             if now - added_ms < RELAY_CACHE_AGE_MS:
                 break
             self.relay.popitem(last=False)
+        if now - self._last_reannounce_ms >= REANNOUNCE_EVERY_MS:
+            self._last_reannounce_ms = now
+            for session in self.sessions.values():
+                if session.ready:
+                    self._announce_pending(session, now, min_age_ms=REANNOUNCE_EVERY_MS)
         self._dial_more(now)
         self._persist()
 
