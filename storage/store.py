@@ -252,6 +252,7 @@ class Store:
             raise StoreCorrupt(f"the store in {path} is damaged and cannot be opened: {e}") from None
         except lmdb.Error as e:
             raise StoreError(f"cannot open the store in {path}: {e}") from None
+        _check_not_truncated(env, ledger, path)
         try:
             store = cls(path, params, env, lock_fd)
         except lmdb.Error as e:
@@ -964,6 +965,23 @@ class _BranchInvalid(Exception):
         self.block_hash = block_hash
         self.error = error
         self.descendants = descendants
+
+
+def _check_not_truncated(env: lmdb.Environment, ledger: Path, path: Path) -> None:
+    """LMDB reads data.mdb through a memory map: a page past the end of a file cut short (a
+    copy interrupted, a full card, damage) kills the process with SIGBUS at its first read,
+    with no message at all. The meta page names the last page in use: the file must reach it."""
+    try:
+        size = (ledger / "data.mdb").stat().st_size
+    except OSError:
+        return
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if size < needed:
+        env.close()
+        raise StoreCorrupt(
+            f"the store in {path} is damaged: its data file holds {size} bytes but its pages run to byte "
+            f"{needed} (the file was cut short)"
+        )
 
 
 def _is_disk_full(error: lmdb.Error) -> bool:
