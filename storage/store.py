@@ -373,7 +373,7 @@ class Store:
                 except lmdb.MapFullError:
                     self._grow_map()
                 except lmdb.Error as e:
-                    if _is_disk_full(e):
+                    if _is_disk_full(e) or _short_write_on_a_full_disk(e, self.path):
                         raise StoreError(
                             f"the disk holding {self.path} is full; nothing was written. Free space and the node "
                             f"resumes where it was."
@@ -982,6 +982,18 @@ def _check_not_truncated(env: lmdb.Environment, ledger: Path, path: Path) -> Non
             f"the store in {path} is damaged: its data file holds {size} bytes but its pages run to byte "
             f"{needed} (the file was cut short)"
         )
+
+
+def _short_write_on_a_full_disk(error: lmdb.Error, path: Path) -> bool:
+    """LMDB reports a write cut short by a full disk as EIO ("Input/output error"), not
+    ENOSPC (seen on tmpfs): then the file system holding the store is (all but) full."""
+    if "Input/output error" not in str(error):
+        return False
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 4 * 1024 * 1024
 
 
 def _is_disk_full(error: lmdb.Error) -> bool:
