@@ -251,6 +251,7 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.paused = False
+        self.env: dict[str, str] = {}  # set in the node's environment at its next start (e.g. a clock skew)
         self._log_file = None
         self._key: bytes | None = None
         listen_port, api_port = free_ports(2)
@@ -381,6 +382,7 @@ class NodeProcess:
         self._log_file.flush()
         env = dict(os.environ)
         env.pop("PEERLEDGER_CONFIG", None)
+        env.update(self.env)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []  # it execs: the pid is the node's
         self.paused = False
         self.proc = subprocess.Popen(
