@@ -64,8 +64,8 @@ LOAD_SENDERS = 10
 LOAD_KEY_BASE = 100  # tests.chainbuilder.key(100 + i): the load's senders, funded at genesis
 FINALITY = {"pow": 40, "pos": 30}  # max_reorg_depth of the fault networks (blocks)
 
-# Upper bounds every node must keep under, throughout every fault (measured idle values in
-# tests/faults/README section of RESULTS.md: ~60 MB, ~40 descriptors).
+# Upper bounds every node must keep under, throughout every fault (an idle node here: ~40 MB
+# resident, ~40 descriptors; the peaks each fault reached are in RESULTS.md).
 BOUNDS = {
     "rss_mb": 400,  # the node process
     "worker_rss_mb": 200,  # any one of its worker processes

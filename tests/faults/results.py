@@ -76,7 +76,7 @@ class Results:
             "# Fault matrix",
             "",
             "Written by the fault suite itself (`tests/faults`, marker `faults`) at the end of its last "
-            "complete run; see tests/faults/README.md for what each fault does and what is checked after it.",
+            "complete run; what each fault does is in the docstring of its tests/faults/test_faults_*.py.",
             "",
             f"- profile: **{self.profile}** (`pytest tests/faults --fault-profile={self.profile}`; the default "
             "test run uses `short`)",

@@ -75,6 +75,7 @@ def corpus(cluster: Cluster) -> list[bytes]:
     victim = cluster.nodes[0]
     params = cluster.network.params
     magic = params.network_magic
+    victim.wait_for_height(3, 60)
     tip = victim.status()
     block = victim.client.block(max(1, tip["height"] - 1))
     blocks = [Block(bytes.fromhex(_raw_block(victim, h))) for h in (1, max(1, tip["height"] - 1))]
