@@ -13,6 +13,7 @@ import json
 import select
 import subprocess
 import sys
+import time
 
 import pytest
 import zmq
@@ -121,7 +122,12 @@ def test_subscriber_gets_every_block_and_tx_in_order_and_sees_the_restart(nodes,
 
         # Restart: the sequences start again at 0, and the example's check says "restart".
         assert node.stop() == 0
-        sub.pump(0.5)  # what the node published before it stopped
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 1.0:  # what the node published before it stopped, all of it
+            count = len(sub.received)
+            sub.pump(0.1)
+            if len(sub.received) != count:
+                quiet = time.monotonic()
         blocks = sub.of("block")
         assert all(verdict is None for _, _, verdict in blocks), blocks
         before = len(sub.received)
