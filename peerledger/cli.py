@@ -8,7 +8,7 @@
     peerledger restore --config FILE DIR   put a backup in place of a stopped node's ledger
     peerledger wallet new|address|balance|send --config FILE ...
     peerledger config check [FILE]         validate a node config (and its genesis spec)
-    peerledger config show --config FILE   the effective configuration, defaults filled in
+    peerledger config show [FILE]          the effective configuration, defaults filled in
     peerledger devnet                      a small local network of real node processes
 
 `--config` may be omitted when PEERLEDGER_CONFIG names the file. Errors are one line on
@@ -328,7 +328,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"{path}: ok (network {params.name}, consensus {params.consensus}, id {params.network_id.hex()[:16]})")
         return EXIT_OK
-    settings = load_settings(_config_path(args))
+    settings = load_settings(Path(args.file) if args.file else _config_path(args))
     print(render_settings(settings), end="")
     return EXIT_OK
 
@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
     p = with_config(config_commands.add_parser("check", help="validate a node TOML file"))
     p.add_argument("file", nargs="?", help="the file (default: --config or $PEERLEDGER_CONFIG)")
-    with_config(config_commands.add_parser("show", help="print the effective configuration"))
+    p = with_config(config_commands.add_parser("show", help="print the effective configuration"))
+    p.add_argument("file", nargs="?", help="the file (default: --config or $PEERLEDGER_CONFIG)")
     config.set_defaults(func=cmd_config)
 
     devnet = commands.add_parser("devnet", help="run a local network of real node processes")

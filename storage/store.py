@@ -211,6 +211,7 @@ class Store:
         self._tip: Tip | None = None
         self._totals = _Totals(0, 0, 0)
         self._staking = params.consensus == POS
+        self._closing = threading.Event()  # tells a backup in progress to give up
 
     # --- opening and closing ---------------------------------------------------------
 
@@ -267,6 +268,7 @@ class Store:
         return store
 
     def close(self) -> None:
+        self._closing.set()  # a backup holds a read transaction: it gives up instead of delaying this
         if self._env is not None:
             with self._rw.exclusive():
                 self._env.close()
@@ -906,12 +908,13 @@ class Store:
     def backup(self, dest: str | Path) -> BackupInfo:
         """Write a compacted copy of the ledger into `dest`, a new (or empty) directory.
 
-        The copy is LMDB's own (mdb_env_copy2 with compaction) of one read snapshot, so it
-        is consistent however busy the writer is, and the manifest records that snapshot's
-        tip. A read transaction never blocks the writer; only a map resize would have to
-        wait for it (LMDB resizes with no transaction open), so the map is grown first if
-        less than half of it is free. Pages the writer frees meanwhile are reused only
-        after the copy: the file may grow by what is written during the backup.
+        The copy is LMDB's own (mdb_env_copyfd2 with compaction) of one read snapshot, so
+        it is consistent however busy the writer is, and the manifest records that
+        snapshot's tip. A read transaction never blocks the writer; only a map resize would
+        have to wait for it (LMDB resizes with no transaction open), so the map is grown
+        first if less than half of it is free. Pages the writer frees meanwhile are reused
+        only after the copy: the file may grow by what is written during the backup.
+        Closing the store stops a backup in progress (BackupError) rather than wait for it.
         """
         dest = Path(os.path.abspath(dest))
         created = _prepare_backup_dir(dest)
@@ -919,15 +922,14 @@ class Store:
         try:
             self._make_headroom()
             with self._rw.shared():
-                if self._env is None:
-                    raise StoreError("the store is closed")
+                if self._env is None or self._closing.is_set():
+                    raise BackupError("the store is closing")
                 txn = self._env.begin(buffers=False)
                 try:
                     tip, _ = self._read_tip(txn)
-                    self._env.copy(str(dest), compact=True, txn=txn)
+                    size, digest = self._copy_snapshot(txn, dest / BACKUP_DATA)
                 finally:
                     txn.abort()
-            size, digest = _sync_and_hash(dest / BACKUP_DATA)
             info = BackupInfo(
                 network=self.params.name, network_id=self.params.network_id.hex(), schema=SCHEMA_VERSION,
                 height=tip.height, tip=tip.hash.hex(), state_hash=tip.state_hash, tx_count=tip.tx_count,
@@ -944,6 +946,56 @@ class Store:
         log.info("backup written path=%s height=%d bytes=%d seconds=%.1f", dest, info.height, info.bytes,
                  time.monotonic() - started)
         return info
+
+    def _copy_snapshot(self, txn: lmdb.Transaction, target: Path) -> tuple[int, str]:
+        """LMDB writes the snapshot into a pipe; a thread drains it into `target` (0600),
+        hashing as it goes, and answers (size, SHA-256). When the store closes, the thread
+        stops reading and closes the pipe, so LMDB's next write fails and the copy ends."""
+        read_fd, write_fd = os.pipe()
+        try:
+            out_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        drained: dict[str, object] = {}
+
+        def drain() -> None:
+            digest, size = hashlib.sha256(), 0
+            try:
+                with os.fdopen(out_fd, "wb") as out:
+                    while chunk := os.read(read_fd, _COPY_CHUNK):
+                        if self._closing.is_set():
+                            drained["aborted"] = True
+                            return
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                drained["result"] = (size, digest.hexdigest())
+            except BaseException as e:  # noqa: BLE001 - handed to the copying thread
+                drained["error"] = e
+            finally:
+                os.close(read_fd)
+
+        thread = threading.Thread(target=drain, name="backup-writer", daemon=True)
+        thread.start()
+        failure: lmdb.Error | None = None
+        try:
+            self._env.copyfd(write_fd, compact=True, txn=txn)
+        except lmdb.Error as e:
+            failure = e  # most likely the pipe, closed because of one of the reasons below
+        finally:
+            os.close(write_fd)
+            thread.join()
+        if "error" in drained:
+            raise drained["error"]
+        if drained.get("aborted"):
+            raise BackupError("the node is stopping: the backup was abandoned")
+        if failure is not None:
+            raise failure
+        return drained["result"]
 
     def _make_headroom(self) -> None:
         with self._write_lock:
@@ -1074,18 +1126,6 @@ def _remove_backup(dest: Path, created: bool) -> None:
     if created:
         with contextlib.suppress(OSError):
             dest.rmdir()
-
-
-def _sync_and_hash(path: Path) -> tuple[int, str]:
-    """fsync a file and answer its size and SHA-256."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-        while chunk := f.read(_COPY_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
