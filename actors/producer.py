@@ -27,6 +27,7 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 TEMPLATE_REFRESH_MS = 1000
+STALL_S = 60.0  # no chunk result for this long, with chunks in flight: a worker died
 
 
 class ProducerActor(NodeActor):
@@ -60,12 +61,32 @@ class ProducerActor(NodeActor):
         self._next_nonce = 0
         self._in_flight = 0
         self._waiting_for_txs = False
-        self.stats = {"hashes": 0, "blocks": 0, "started_s": time.monotonic()}
+        self._last_chunk_s = time.monotonic()
+        self.stats = {"hashes": 0, "blocks": 0, "started_s": time.monotonic(), "pool_restarts": 0}
 
     def on_start(self) -> None:
         if self.workers > 0:
-            ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
-            self._pool = ctx.Pool(self.workers, initializer=init_worker)
+            self._pool = self._new_pool()
+
+    def _new_pool(self):  # noqa: ANN202 - multiprocessing.pool.Pool
+        ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
+        self._last_chunk_s = time.monotonic()
+        return ctx.Pool(self.workers, initializer=init_worker)
+
+    def _check_workers(self) -> None:
+        """multiprocessing.Pool never fails the task of a worker that died (OOM killer, a
+        stray kill): its chunk never reports and mining would stop in silence. No result
+        for STALL_S with chunks in flight means a worker is gone: start a fresh pool."""
+        if self._pool is None or self._in_flight == 0 or time.monotonic() - self._last_chunk_s < STALL_S:
+            return
+        log.warning("mining stalled workers=%d in_flight=%d: restarting the worker pool", self.workers, self._in_flight)
+        stop_pool(self._pool)
+        self._pool = self._new_pool()
+        self._in_flight = 0
+        self._job += 1  # results of the old pool, if any come, are ignored
+        self.stats["pool_restarts"] += 1
+        self._template = None
+        self._request_txs()
 
     def on_stop(self) -> None:
         if self._pool is not None:
@@ -80,6 +101,7 @@ class ProducerActor(NodeActor):
                 self._waiting_for_txs = False  # a reply for the old tip will be ignored
                 self._request_txs()
             case Tick():
+                self._check_workers()
                 if self._template is None and not self._waiting_for_txs:
                     self._request_txs()
             case BlockTemplateTxs(tip_hash, txs):
@@ -87,7 +109,8 @@ class ProducerActor(NodeActor):
                 if tip_hash == self.store.tip().hash:
                     self._start_template(txs)
             case ChunkDone(job, nonce, hashes):
-                self._in_flight -= 1
+                self._last_chunk_s = time.monotonic()
+                self._in_flight = max(0, self._in_flight - 1)
                 self.stats["hashes"] += hashes
                 if job == self._job and nonce is not None:
                     self._found(nonce)
