@@ -37,16 +37,37 @@ class KeyFileError(Exception):
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600; never overwrite an existing key."""
+    """Create `path` with mode 0600, whole or not at all; never overwrite an existing key.
+
+    The key is written to a temporary file, flushed, then linked into place: a power cut
+    leaves either no key or a complete one, never an empty file that `init` would refuse
+    to replace.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)  # fails if the key appeared meanwhile: no overwrite
+        except FileExistsError:
+            raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+        _fsync_directory(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_private(path: Path) -> bytes:
@@ -140,8 +161,10 @@ def _wallet_paths(data_dir: Path, name: str) -> tuple[Path, Path]:
 def create_wallet(data_dir: Path, name: str, passphrase: str | None) -> SigningKey:
     key_path, address_path = _wallet_paths(data_dir, name)
     key = SigningKey.generate()
-    write_private(key_path, key.export_pkcs8(passphrase))
+    # The address first: a wallet exists once its key does, and then its address is there.
+    address_path.parent.mkdir(parents=True, exist_ok=True)
     address_path.write_text(address_to_text(key.address) + "\n")
+    write_private(key_path, key.export_pkcs8(passphrase))
     return key
 
 
