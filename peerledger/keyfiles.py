@@ -160,6 +160,8 @@ def _wallet_paths(data_dir: Path, name: str) -> tuple[Path, Path]:
 
 def create_wallet(data_dir: Path, name: str, passphrase: str | None) -> SigningKey:
     key_path, address_path = _wallet_paths(data_dir, name)
+    if key_path.exists():
+        raise KeyFileError(f"{key_path} already exists; refusing to overwrite a key")
     key = SigningKey.generate()
     # The address first: a wallet exists once its key does, and then its address is there.
     address_path.parent.mkdir(parents=True, exist_ok=True)
