@@ -15,6 +15,8 @@ from typing import Protocol
 
 import pykka
 
+from storage.store import StoreError
+
 log = logging.getLogger(__name__)
 
 
@@ -38,8 +40,13 @@ class NodeActor(pykka.ThreadingActor):
         self.supervisor = supervisor
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:  # noqa: ANN001
-        log.error("actor failed actor=%s error=%s", self.name, quoted(repr(exception_value)),
-                  exc_info=(exception_type, exception_value, traceback))
+        if isinstance(exception_value, StoreError):
+            # An operational fault with its own clear message (disk full, damaged store):
+            # what the operator needs is that message, not a traceback.
+            log.error("actor failed actor=%s error=%s", self.name, quoted(str(exception_value)))
+        else:
+            log.error("actor failed actor=%s error=%s", self.name, quoted(repr(exception_value)),
+                      exc_info=(exception_type, exception_value, traceback))
         self.supervisor.actor_failed(self.name, exception_value)
 
 

@@ -24,5 +24,6 @@ def setup_logging(level: str = "INFO", node_name: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Component names without the package prefix noise: "actors.storage" reads fine.
-    logging.getLogger("pykka").setLevel(logging.WARNING)
+    # pykka logs every failing actor with a traceback before calling its on_failure, which
+    # logs the same failure as one of our lines (actors.base.NodeActor): keep only ours.
+    logging.getLogger("pykka").setLevel(logging.CRITICAL)
