@@ -13,6 +13,18 @@ Policy, as a node operator expects it:
   invalid, and takes back the transactions of disconnected blocks.
 Signatures were checked before anything gets here.
 
+One view of the chain. Storage commits a block, then tells the mempool (TipChanged), and
+the message may wait in the mempool's inbox behind transactions that arrived meanwhile.
+Judged against the store as it is then, such a transaction would meet a pool that has not
+yet dropped what the block confirmed (the next nonce of a sender then looks like a
+replacement of the confirmed one, refused for its equal fee) or, after a reorganisation,
+has not yet taken back what the block disconnected (a gap): it would be lost, on the one
+node that had it. So the pool is judged only against the tip it has taken in: admissions
+and block templates asked for while the store is ahead of the pool wait, in order, until
+the TipChanged messages of the store's tip have been applied; tip changes that arrive
+while the store is already further on are merged and applied together against it; and
+the accounts of a batch come from one snapshot that names its own tip.
+
 Pending transactions survive a restart or a power cut: once a second at most, the actor
 tells storage what entered and left the pool since the last time (a bounded batch; the
 rest follows a second later), and at start it reloads them. Reloaded transactions go
@@ -28,6 +40,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -59,6 +72,8 @@ log = logging.getLogger(__name__)
 PERSIST_MAX_BYTES = 4 << 20  # transactions written per batch (one a second), so that a write stays short
 RESTORE_CHUNK = 1000  # reloaded transactions per batch sent for verification
 RESTORE_GRACE_MS = 120_000  # reloaded ones not back from verification by then are forgotten
+OUT_OF_STEP_S = 10.0  # a store tip ahead of the pool this long was never told to us (see _check_in_step)
+_DEFERRED = object()  # _add's answer when the store is ahead of the pool: the batch waits
 
 
 @dataclass(slots=True)
@@ -324,13 +339,22 @@ class MempoolActor(NodeActor):
         self.refs = refs
         self.store = store
         self._snapshot: dict[bytes, Account | None] | None = None  # see _account
+        # The tip the pool is judged against, the last one storage told us of, and the
+        # changes told but not applied yet (see the module docstring, "one view").
+        self._tip = store.tip()
+        self._told = self._tip
+        self._backlog_senders: set[bytes] = set()
+        self._backlog_returned: list[Transaction] = []
+        self._backlog_reorg = False
+        self._waiting: deque[AddTxs | WantTxs] = deque()  # held while the store is ahead of the pool
+        self._ahead: tuple[bytes, float] | None = None  # the store's tip a tick found ahead of the pool, when
         self.pool = TxPool(
             self._account,
             max_bytes=max_bytes,
             min_fee=min_fee,
             max_per_sender=max_per_sender,
             expiry_ms=expiry_s * 1000,
-            next_height=lambda: store.tip().height + 1,
+            next_height=lambda: self._tip.height + 1,
             tx_context=self._tx_context,
         )
         self.stats = {"accepted": 0, "rejected": 0, "expired": 0}
@@ -354,7 +378,7 @@ class MempoolActor(NodeActor):
     def _tx_context(self) -> TxContext:
         params, staking = self.store.params, self.store.params.consensus == POS
         return TxContext(
-            self.store.tip().height + 1,
+            self._tip.height + 1,
             params.unbonding_delay,
             staking,
             self.store.engine.check_evidence if staking else None,
@@ -362,13 +386,11 @@ class MempoolActor(NodeActor):
 
     def on_receive(self, message: object) -> object:
         match message:
-            case AddTxs(txs, origin):
-                return self._add(txs, origin)
+            case AddTxs() | WantTxs():
+                if self._waiting or not self._handle(message):
+                    self._waiting.append(message)  # in arrival order, after what waits already
             case TipChanged():
                 self._on_tip(message)
-            case WantTxs(tip_hash, max_bytes, max_txs, reply_to):
-                txs = self.pool.select(max(0, max_bytes - self.TEMPLATE_OVERHEAD), max_txs)
-                reply_to.tell(BlockTemplateTxs(tip_hash, tuple(txs)))
             case MempoolQuery(address, txid):
                 info = {"size": len(self.pool), "bytes": self.pool.bytes}
                 if address is not None:
@@ -378,6 +400,7 @@ class MempoolActor(NodeActor):
                     info["tx"] = entry.tx if entry else None
                 return info
             case Tick(now_ms):
+                self._check_in_step()
                 expired = self.pool.expire(now_ms)
                 if expired:
                     self._dirty = True
@@ -395,17 +418,46 @@ class MempoolActor(NodeActor):
 
     def on_stop(self) -> None:
         self._persist(_now_ms(), final=True)  # storage stops after us: it writes this
+        for message in self._waiting:  # whoever waits on an answer gets one
+            if isinstance(message, AddTxs) and message.reply is not None:
+                message.reply.set([ChainError(Code.MEMPOOL_FULL, "the node is stopping")] * len(message.txs))
 
-    def _add(self, txs: tuple[Transaction, ...], origin: bytes | None) -> list[ChainError | None]:
-        """Admit each transaction; answers, in order, None for accepted or the error."""
+    def _handle(self, message: AddTxs | WantTxs) -> bool:
+        """Admit a batch or answer a template request; False if it must wait for a tip change."""
+        if self.store.tip().hash != self._tip.hash:
+            return False
+        if isinstance(message, WantTxs):
+            txs = self.pool.select(max(0, message.max_bytes - self.TEMPLATE_OVERHEAD), message.max_txs)
+            message.reply_to.tell(BlockTemplateTxs(message.tip_hash, tuple(txs)))
+            return True
+        results = self._add(message.txs, message.origin)
+        if results is _DEFERRED:
+            return False
+        if message.reply is not None:
+            message.reply.set(results)
+        return True
+
+    def _drain(self) -> None:
+        """Handle what waited for the pool to take in the store's tip, in order, until one has
+        to wait again (the store moved on meanwhile)."""
+        while self._waiting and self._handle(self._waiting[0]):
+            self._waiting.popleft()
+
+    def _add(self, txs: tuple[Transaction, ...], origin: bytes | None) -> list[ChainError | None] | object:
+        """Admit each transaction; answers, in order, None for accepted or the error, or
+        _DEFERRED (nothing done) if the store has moved past the pool's tip."""
         now = _now_ms()
         started = time.perf_counter()
         results: list[ChainError | None] = []
         accepted: list[Transaction] = []
-        # The senders' and recipients' accounts from one read transaction, not one each.
+        # The senders' and recipients' accounts from one read transaction, not one each,
+        # and from the state of the pool's tip, not of a block it has not taken in yet.
         addresses = {address_of(tx.sender) for tx in txs}
         addresses.update(tx.recipient for tx in txs)
-        self._snapshot = self.store.accounts(list(addresses))
+        tip_hash, self._snapshot = self.store.accounts_at_tip(list(addresses))
+        if tip_hash != self._tip.hash:
+            self._snapshot = None
+            return _DEFERRED
         try:
             restoring = bool(self._restoring)
             for tx in txs:
@@ -440,13 +492,65 @@ class MempoolActor(NodeActor):
         return results
 
     def _on_tip(self, change: TipChanged) -> None:
-        senders = {address_of(tx.sender) for block in change.connected + change.disconnected for tx in block.txs}
+        """Take the change in the backlog; apply the backlog once the store is at its tip."""
+        self._backlog_senders.update(
+            address_of(tx.sender) for block in change.connected + change.disconnected for tx in block.txs
+        )
         # Disconnected blocks are listed tip first; their transactions return oldest first.
-        returned = [tx for block in reversed(change.disconnected) for tx in block.txs]
-        kept, dropped = self.pool.rebuild(senders, returned, _now_ms())
+        self._backlog_returned.extend(tx for block in reversed(change.disconnected) for tx in block.txs)
+        self._backlog_reorg = self._backlog_reorg or bool(change.disconnected)
+        self._told = change.tip
+        if self._apply_backlog():
+            self._drain()
+
+    def _apply_backlog(self) -> bool:
+        """Rebuild the senders the told changes touched against the store's state, if that
+        state is the last told tip's (else a later TipChanged is on its way: wait for it)."""
+        if self.store.tip().hash != self._told.hash:
+            return False
+        senders, returned = self._backlog_senders, self._backlog_returned
+        addresses = set(senders)
+        for sender in senders:
+            addresses.update(e.tx.recipient for e in self.pool.by_sender.get(sender, ()))
+        for tx in returned:
+            addresses.add(address_of(tx.sender))
+            addresses.add(tx.recipient)
+        tip_hash, self._snapshot = self.store.accounts_at_tip(list(addresses))
+        if tip_hash != self._told.hash:
+            self._snapshot = None
+            return False
+        self._tip = self._told
+        try:
+            kept, dropped = self.pool.rebuild(senders, returned, _now_ms())
+        finally:
+            self._snapshot = None
         self._dirty = self._dirty or bool(senders)
-        if change.disconnected:
+        if self._backlog_reorg:
             log.info("mempool after reorganisation kept=%d dropped=%d pending=%d", kept, dropped, len(self.pool))
+        self._backlog_senders, self._backlog_returned, self._backlog_reorg = set(), [], False
+        return True
+
+    def _check_in_step(self) -> None:
+        """Liveness guard, at each tick. Storage tells us of a tip right after committing it,
+        so a store tip that has been ahead of the pool for OUT_OF_STEP_S, with the pool still
+        not at it, means a tip change never reached us: rebuild every pending sender against
+        the store rather than hold admissions for ever."""
+        store_tip = self.store.tip()
+        if store_tip.hash == self._tip.hash:
+            self._ahead = None
+            return
+        if self._ahead is None or self._ahead[0] != store_tip.hash:
+            self._ahead = (store_tip.hash, time.monotonic())
+            return
+        if time.monotonic() - self._ahead[1] < OUT_OF_STEP_S:
+            return
+        log.warning("mempool out of step with the store tip=%s pool_tip=%s pending=%d action=rebuild",
+                    store_tip.hash.hex()[:16], self._tip.hash.hex()[:16], len(self.pool))
+        self._backlog_senders.update(self.pool.by_sender)
+        self._told = store_tip
+        self._ahead = None
+        if self._apply_backlog():
+            self._drain()
 
     # --- persistence ---------------------------------------------------------------------
 

@@ -70,10 +70,13 @@ class BlockRejected:
 # --- mempool ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AddTxs:
-    """Verified transactions for the mempool. Asked from the API (answers per-tx results)."""
+    """Verified transactions for the mempool. With `reply` (a pykka future, from the API's
+    path) the mempool sets it to the per-transaction results: it may hold the message
+    until it has taken in a new tip, so these are told, not asked."""
 
     txs: tuple[Transaction, ...]
     origin: Origin
+    reply: Any = None
 
 
 @dataclass(frozen=True, slots=True)

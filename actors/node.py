@@ -244,7 +244,17 @@ class Node:
     def submit_tx(self, raw: bytes) -> bytes:
         """Verify and admit one transaction; answers its id or raises ChainError."""
         tx = self._ask("validation", CheckTx(raw))
-        (error,) = self._ask("mempool", AddTxs((tx,), None))
+        # Told with a reply, not asked: the mempool may hold it until it has taken in a new tip.
+        reply = pykka.ThreadingFuture()
+        if self.refs.mempool is None:
+            raise TimeoutError("the node is not running (mempool is stopped)")
+        try:
+            self.refs.mempool.tell(AddTxs((tx,), None, reply))
+            (error,) = reply.get(timeout=ASK_TIMEOUT_S)
+        except pykka.Timeout:
+            raise TimeoutError(f"mempool did not answer within {ASK_TIMEOUT_S:g} s") from None
+        except pykka.ActorDeadError:
+            raise TimeoutError("the node is stopping (mempool is stopped)") from None
         if error is not None:
             raise error
         return tx.id

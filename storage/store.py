@@ -434,6 +434,14 @@ class Store:
             db = self._dbs["accounts"]
             return {a: (decode_account(raw) if (raw := txn.get(a, db=db)) else None) for a in addresses}
 
+    def accounts_at_tip(self, addresses: list[bytes]) -> tuple[bytes, dict[bytes, Account | None]]:
+        """`accounts` with the hash of the tip whose state they are, from the same snapshot
+        (the in-memory tip moves a moment after the commit; the snapshot's record does not)."""
+        with self._read() as txn:
+            db = self._dbs["accounts"]
+            tip = txn.get(b"tip", db=self._dbs["meta"])
+            return tip, {a: (decode_account(raw) if (raw := txn.get(a, db=db)) else None) for a in addresses}
+
     def tx_location(self, txid: bytes) -> tuple[bytes, int, int] | None:
         """(block hash, height, position) of a transaction on the main chain."""
         with self._read() as txn:
