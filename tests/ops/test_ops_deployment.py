@@ -111,7 +111,8 @@ def test_the_cluster_readme_procedure_gives_five_nodes_that_stake_together(nodes
         local['genesis = "genesis.toml"'] = f'genesis = "{nodes.genesis_path}"'
         pi.config_path.write_text(_replace_all(NODE_FILES[i].read_text(), local))
 
-    # Step 2: each Pi makes its keys; no genesis is needed yet.
+    # Step 2: each Pi makes its keys; no genesis exists yet.
+    nodes.genesis_path.unlink()
     made = []
     for pi in pis:
         out = pi.cli("init", "--keys-only").stdout
