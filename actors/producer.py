@@ -10,14 +10,13 @@ refreshed about once a second so that new transactions get in.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 
-from actors.base import NodeActor, Supervisor
+from actors.base import NodeActor, Supervisor, quoted
 from actors.clock import NetworkClock
 from actors.directory import ActorDirectory
 from actors.messages import AddBlock, BlockTemplateTxs, ChunkDone, Tick, TipChanged, WantTxs
-from actors.validation import init_worker, stop_pool
+from actors.workers import WorkerPool
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.params import ChainParams
 from chain.pow import NONCE_SIZE, nonce_proof, search_nonce
@@ -27,7 +26,6 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 TEMPLATE_REFRESH_MS = 1000
-STALL_S = 60.0  # no chunk result for this long, with chunks in flight: a worker died
 
 
 class ProducerActor(NodeActor):
@@ -61,36 +59,15 @@ class ProducerActor(NodeActor):
         self._next_nonce = 0
         self._in_flight = 0
         self._waiting_for_txs = False
-        self._last_chunk_s = time.monotonic()
-        self.stats = {"hashes": 0, "blocks": 0, "started_s": time.monotonic(), "pool_restarts": 0}
+        self.stats = {"hashes": 0, "blocks": 0, "started_s": time.monotonic()}
 
     def on_start(self) -> None:
         if self.workers > 0:
-            self._pool = self._new_pool()
-
-    def _new_pool(self):  # noqa: ANN202 - multiprocessing.pool.Pool
-        ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
-        self._last_chunk_s = time.monotonic()
-        return ctx.Pool(self.workers, initializer=init_worker)
-
-    def _check_workers(self) -> None:
-        """multiprocessing.Pool never fails the task of a worker that died (OOM killer, a
-        stray kill): its chunk never reports and mining would stop in silence. No result
-        for STALL_S with chunks in flight means a worker is gone: start a fresh pool."""
-        if self._pool is None or self._in_flight == 0 or time.monotonic() - self._last_chunk_s < STALL_S:
-            return
-        log.warning("mining stalled workers=%d in_flight=%d: restarting the worker pool", self.workers, self._in_flight)
-        stop_pool(self._pool)
-        self._pool = self._new_pool()
-        self._in_flight = 0
-        self._job += 1  # results of the old pool, if any come, are ignored
-        self.stats["pool_restarts"] += 1
-        self._template = None
-        self._request_txs()
+            self._pool = WorkerPool(self.workers, self._report, "miner")
 
     def on_stop(self) -> None:
         if self._pool is not None:
-            stop_pool(self._pool)
+            self._pool.stop()
             self._pool = None
 
     def on_receive(self, message: object) -> object:
@@ -101,7 +78,6 @@ class ProducerActor(NodeActor):
                 self._waiting_for_txs = False  # a reply for the old tip will be ignored
                 self._request_txs()
             case Tick():
-                self._check_workers()
                 if self._template is None and not self._waiting_for_txs:
                     self._request_txs()
             case BlockTemplateTxs(tip_hash, txs):
@@ -109,7 +85,6 @@ class ProducerActor(NodeActor):
                 if tip_hash == self.store.tip().hash:
                     self._start_template(txs)
             case ChunkDone(job, nonce, hashes):
-                self._last_chunk_s = time.monotonic()
                 self._in_flight = max(0, self._in_flight - 1)
                 self.stats["hashes"] += hashes
                 if job == self._job and nonce is not None:
@@ -117,7 +92,9 @@ class ProducerActor(NodeActor):
                 self._dispatch()
             case "stats":
                 elapsed = time.monotonic() - self.stats["started_s"]
-                return dict(self.stats, hash_rate=self.stats["hashes"] / elapsed if elapsed else 0.0)
+                restarts = self._pool.restarts if self._pool else 0
+                return dict(self.stats, hash_rate=self.stats["hashes"] / elapsed if elapsed else 0.0,
+                            worker_restarts=restarts)
             case _:
                 log.warning("unexpected message actor=producer type=%s", type(message).__name__)
         return None
@@ -164,17 +141,20 @@ class ProducerActor(NodeActor):
         job = self._job
         while self._in_flight < self.workers:
             start, count = self._next_nonce, self.chunk_nonces
+            if not self._pool.submit((job, start, count), search_nonce, prefix, difficulty, start, count):
+                break
             self._next_nonce += count
             self._in_flight += 1
-            self._pool.apply_async(
-                search_nonce,
-                (prefix, difficulty, start, count),
-                callback=lambda nonce, job=job, start=start, count=count: self._report(job, nonce, start, count),
-                error_callback=lambda error: self.actor_ref.tell(ChunkDone(-1, None, 0)),
-            )
 
-    def _report(self, job: int, nonce: int | None, start: int, count: int) -> None:
-        """Called in the pool's result thread: hand the result to the actor."""
+    def _report(self, token: tuple[int, int, int], nonce: int | None, error: BaseException | None) -> None:
+        """Called in the pool's collector thread: hand the result to the actor.
+
+        A worker that died (killed, out of memory) reports its chunk as not found: the
+        chunk is lost, not the mining."""
+        job, start, count = token
+        if error is not None:
+            log.warning("mining chunk lost job=%d error=%s", job, quoted(str(error)))
+            nonce = None
         hashes = count if nonce is None else nonce - start + 1
         try:
             self.actor_ref.tell(ChunkDone(job, nonce, hashes))

@@ -11,15 +11,13 @@ than it saves); the pool starts on first use so an idle node stays small.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.util
-import signal
 from collections import OrderedDict
 
 from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.directory import ActorDirectory
 from actors.messages import AddBlock, AddTxs, BlockReceived, BlockRejected, CheckTx, TxRejected, TxsReceived
 from actors.stats import Histogram
+from actors.workers import BatchRunner, WorkerDied
 from chain.block import check_block_shape, decode_block
 from chain.consensus import engine_for
 from chain.errors import ChainError, Code
@@ -63,67 +61,35 @@ def verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
     return [verify(public, message, signature) for public, message, signature in items]
 
 
-def init_worker() -> None:
-    """Signal handling of a pool worker process (validation and mining pools).
-
-    Ctrl-C reaches the whole process group; the node, not its workers, decides to stop, so
-    SIGINT is ignored. SIGTERM (a service manager signalling the whole group, as systemd
-    does by default, or Pool.terminate) ends the worker through SystemExit rather than the
-    default instant death: an idle worker waits for tasks holding the pool's shared queue
-    lock, and one killed outright never releases it, so the node's Pool.terminate() would
-    then block for ever on that lock and its actor could not stop. Unwinding releases it.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # Once the worker left its loop, a SIGTERM has nothing to unwind: let it end the process
-    # rather than raise into the interpreter's shutdown. This runs first as the worker exits.
-    multiprocessing.util.Finalize(None, signal.signal, args=(signal.SIGTERM, signal.SIG_DFL), exitpriority=100)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one (Pool.terminate) ends it outright
-    raise SystemExit(0)
-
-
-def stop_pool(pool) -> None:  # noqa: ANN001 - a multiprocessing pool
-    """Terminate a worker pool, whatever its workers went through.
-
-    A worker that a signal ended in the middle of reading a task leaves the task queue out
-    of step, and Pool.terminate() then fails while draining it (EOFError). The workers are
-    daemonic: whatever terminate() could not reach is ended when the process exits.
-    """
-    try:
-        pool.terminate()
-        pool.join()
-    except (EOFError, OSError, ValueError) as e:
-        log.debug("worker pool stopped uncleanly: %r", e)
-
-
 class SignatureVerifier:
-    """Verifies batches in this process or, past `batch_min`, in a process pool."""
+    """Verifies batches in this process or, past `batch_min`, in worker processes."""
 
     def __init__(self, network_id: bytes, workers: int, batch_min: int) -> None:
         self.network_id = network_id
         self.workers = workers
         self.batch_min = batch_min
-        self._pool = None
+        self._runner: BatchRunner | None = None
 
     def verify(self, txs: list[Transaction]) -> list[bool]:
         items = [(tx.sender, tx.signing_message(self.network_id), tx.signature) for tx in txs]
         if self.workers <= 0 or len(items) < self.batch_min:
             return verify_chunk(items)
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")  # never fork a process holding LMDB
-            self._pool = ctx.Pool(self.workers, initializer=init_worker)
+        if self._runner is None:
+            self._runner = BatchRunner(self.workers, "verify")  # on first use: idle nodes stay small
         size = max(MIN_CHUNK, -(-len(items) // self.workers))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        results = self._pool.map_async(verify_chunk, chunks).get(POOL_TIMEOUT_S)
+        chunks = [(items[i : i + size],) for i in range(0, len(items), size)]
+        try:
+            results = self._runner.map(verify_chunk, chunks, POOL_TIMEOUT_S)
+        except (WorkerDied, TimeoutError, RuntimeError) as e:
+            # A worker killed under us must not cost the block: verify it here instead.
+            log.warning("signature workers failed error=%s: verifying in the node process", quoted(str(e)))
+            return verify_chunk(items)
         return [ok for chunk in results for ok in chunk]
 
     def close(self) -> None:
-        if self._pool is not None:
-            stop_pool(self._pool)
-            self._pool = None
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
 
 
 class ValidationActor(NodeActor):
