@@ -211,19 +211,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print(client.status(), True, "")
         return EXIT_OK
-    while True:
-        status, peers = client.status(), client.peers()
-        screen = console.status_screen(status, peers, int(time.time() * 1000))
-        if not args.watch:
-            print(screen)
-            return EXIT_OK
-        if sys.stdout.isatty():
-            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: one screen redrawn in place
-        print(screen + f"\n\n(every {args.watch:g} s; Ctrl-C to quit)", flush=True)
-        try:
+    if not args.watch:
+        print(console.status_screen(client.status(), client.peers(), int(time.time() * 1000)))
+        return EXIT_OK
+    try:  # Ctrl-C is how a watch ends, whatever it interrupts
+        while True:
+            screen = console.status_screen(client.status(), client.peers(), int(time.time() * 1000))
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: one screen redrawn in place
+            print(screen + f"\n\n(every {args.watch:g} s; Ctrl-C to quit)", flush=True)
             time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
