@@ -53,6 +53,9 @@ class AddressBook:
 
     def load(self, records: dict[bytes, bytes], bans: dict[bytes, int]) -> None:
         for key, data in records.items():
+            if key == self.own_key:  # a copied data directory may carry its source's view of us
+                self.dirty.add(key)
+                continue
             try:
                 self.entries[key] = PeerRecord.decode(data)
             except Exception:  # noqa: BLE001 - a damaged record is dropped, not fatal

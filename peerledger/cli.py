@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from chain.errors import ChainError
-from chain.keys import address_from_text, address_to_text
+from chain.keys import ZERO_ADDRESS, address_from_text, address_to_text
 from chain.params import ChainParams
-from chain.tx import sign_tx
+from chain.tx import BOND, TRANSFER, UNBOND, sign_tx
 from peerledger import console, keyfiles
 from peerledger.client import ApiClient, ApiClientError
 from peerledger.config import ConfigError, Settings, load_genesis, load_settings, render_settings, split_host_port
@@ -291,13 +291,14 @@ def cmd_wallet(args: argparse.Namespace) -> int:
         account = client.account(address)
         _print(account, args.json, f"{account['address']}  balance {account['balance']}  nonce {account['nonce']}")
         return EXIT_OK
-    # send
-    recipient = address_from_text(args.to)
+    # send, bond, unbond: sign one transaction and submit it
+    kind = {"send": TRANSFER, "bond": BOND, "unbond": UNBOND}[args.wallet_command]
+    recipient = address_from_text(args.to) if kind == TRANSFER else ZERO_ADDRESS
     passphrase = _passphrase(False) if keyfiles.wallet_is_encrypted(data_dir, args.name) else None
     key = keyfiles.load_wallet(data_dir, args.name, passphrase)
     network_id = bytes.fromhex(client.status()["network_id"])
     nonce = args.nonce if args.nonce is not None else client.account(address_to_text(key.address))["next_nonce"]
-    tx = sign_tx(key, network_id, nonce=nonce, fee=args.fee, recipient=recipient, amount=args.amount)
+    tx = sign_tx(key, network_id, kind=kind, nonce=nonce, fee=args.fee, recipient=recipient, amount=args.amount)
     txid = client.submit(tx.raw)
     print(txid)
     if args.wait:
@@ -415,13 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_api(with_config(wallet_commands.add_parser("balance", help="balance and nonce of a wallet")))
     p.add_argument("--name", default="default")
     p.add_argument("--address", help="any address instead of a local wallet")
-    p = with_api(with_config(wallet_commands.add_parser("send", help="sign and submit a transfer")))
-    p.add_argument("--name", default="default", help="wallet to pay from")
-    p.add_argument("--to", required=True, help="recipient address")
-    p.add_argument("--amount", required=True, type=int, help="amount in units (1 coin = 100000000 units)")
-    p.add_argument("--fee", type=int, default=1000, help="fee in units (default 1000)")
-    p.add_argument("--nonce", type=int, help="override the nonce (default: the next one the node expects)")
-    p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for confirmation")
+    for command, what in (
+        ("send", "sign and submit a transfer"),
+        ("bond", "Proof of Stake: move balance into stake"),
+        ("unbond", "Proof of Stake: start returning stake to balance (spendable after unbonding_delay blocks)"),
+    ):
+        p = with_api(with_config(wallet_commands.add_parser(command, help=what)))
+        p.add_argument("--name", default="default", help="wallet that signs and pays the fee")
+        if command == "send":
+            p.add_argument("--to", required=True, help="recipient address")
+        p.add_argument("--amount", required=True, type=int, help="amount in units (1 coin = 100000000 units)")
+        p.add_argument("--fee", type=int, default=1000, help="fee in units (default 1000)")
+        p.add_argument("--nonce", type=int, help="override the nonce (default: the next one the node expects)")
+        p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for confirmation")
     wallet.set_defaults(func=cmd_wallet)
 
     config = commands.add_parser("config", help="check or show a configuration")
