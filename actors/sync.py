@@ -6,7 +6,10 @@ on the way from our tip to the best header are then fetched in parallel from eve
 that has them, a bounded number in flight per peer, each request with a timeout: a block
 that does not come is asked of another peer, and a peer that keeps stalling is dropped.
 Blocks that arrive before their parent wait in a bounded orphan pool. Nothing assumes zmq
-delivers everything: every request is retried, every answer de-duplicated by hash.
+delivers everything: every request is retried, every answer de-duplicated by hash. A block
+that arrived is not asked for again while validation and storage work on it (until storage
+has placed it, or BLOCK_TIMEOUT_MS); such blocks count against MAX_IN_FLIGHT, so a node that
+validates slower than its peers send waits for its queue instead of refilling it.
 
 New blocks announced by inventory at the tip are fetched directly from the announcer.
 """
@@ -99,6 +102,7 @@ class SyncActor(NodeActor):
         self.transport = transport
         self.peers: dict[bytes, SyncPeer] = {}
         self.requested: dict[bytes, bytes] = {}  # block hash -> peer asked
+        self.validating: dict[bytes, int] = {}  # block hash -> when it went to validation (ms)
         self.orphans: OrderedDict[bytes, Orphan] = OrderedDict()
         self.orphan_bytes = 0
         self._plan: deque[bytes] = deque()  # blocks to fetch towards the best header, oldest first
@@ -130,8 +134,10 @@ class SyncActor(NodeActor):
             case BlocksNotFound(peer, hashes):
                 self._on_not_found(peer, hashes)
             case BlockDeferred(block, origin, error):
+                self.validating.pop(block.hash, None)
                 self._on_deferred(block, origin, error.code, now)
             case BlockStored(block_hash, _status):
+                self.validating.pop(block_hash, None)
                 self._release_children(block_hash)
             case TipChanged():
                 pass
@@ -141,6 +147,7 @@ class SyncActor(NodeActor):
                 return self.syncing()
             case "stats":
                 return dict(self.stats, orphans=len(self.orphans), in_flight=len(self.requested),
+                            validating=len(self.validating),
                             syncing=self.syncing(), peers=len(self.peers),
                             best_peer_height=max((p.best_height for p in self.peers.values()), default=0))
             case _:
@@ -254,6 +261,7 @@ class SyncActor(NodeActor):
         asked = self.requested.get(block_hash)
         if asked != peer:
             if self._late_answer(peer, block_hash, now):  # asked, then given up on: still useful
+                self.validating[block_hash] = now
                 self.refs.tell("validation", BlockReceived(raw, peer))
                 return
             self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
@@ -266,6 +274,7 @@ class SyncActor(NodeActor):
             if header.height > p.best_height:
                 p.best_height, p.best_hash = header.height, block_hash
         self.stats["blocks_received"] += 1
+        self.validating[block_hash] = now
         self.refs.tell("validation", BlockReceived(raw, peer))
 
     def _on_announced(self, peer: bytes, hashes: tuple[bytes, ...], now: int) -> None:
@@ -274,7 +283,7 @@ class SyncActor(NodeActor):
             return
         wanted = []
         for block_hash in hashes:
-            if block_hash in self.requested or block_hash in self.orphans:
+            if block_hash in self.requested or block_hash in self.orphans or block_hash in self.validating:
                 continue
             entry = self.store.index_entry(block_hash)
             if entry is not None and (entry.has_block or entry.invalid):
@@ -344,14 +353,15 @@ class SyncActor(NodeActor):
         while self._plan and self._has_block(self._plan[0]):
             self._plan.popleft()
             self._plan_start_height += 1
-        if len(self.requested) >= MAX_IN_FLIGHT:
+        busy = len(self.requested) + len(self.validating)
+        if busy >= MAX_IN_FLIGHT:
             return
         batches: dict[bytes, list[bytes]] = {}
         load = {key: len(p.in_flight) for key, p in self.peers.items()}
         for offset, block_hash in enumerate(islice(self._plan, MAX_IN_FLIGHT * 2)):
-            if len(self.requested) + sum(map(len, batches.values())) >= MAX_IN_FLIGHT:
+            if busy + sum(map(len, batches.values())) >= MAX_IN_FLIGHT:
                 break
-            if block_hash in self.requested or block_hash in self.orphans:
+            if block_hash in self.requested or block_hash in self.orphans or block_hash in self.validating:
                 continue
             height = self._plan_start_height + offset
             able = [k for k, p in self.peers.items() if p.best_height >= height and load[k] < MAX_IN_FLIGHT_PER_PEER]
@@ -390,6 +400,11 @@ class SyncActor(NodeActor):
                 log.info("peer stalls peer=%s late_answers=%d action=drop", peer_id(p.key), p.strikes)
                 self._forget_peer(p.key, now)
                 self.refs.tell("network", DropPeer(p.key, "stalled"))
+        # A block validation refused, or that storage found it already had, gets no answer:
+        # after the timeout it may be asked for again (if storage did not mark it invalid).
+        for block_hash, since in list(self.validating.items()):
+            if now - since > BLOCK_TIMEOUT_MS:
+                del self.validating[block_hash]
         # Blocks that were ahead of our clock may fit now; orphans too old are dropped.
         for block_hash, orphan in list(self.orphans.items()):
             if orphan.code == Code.TIME_TOO_NEW or now - orphan.added_ms > 60_000:
