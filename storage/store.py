@@ -254,6 +254,8 @@ class Store:
         except lmdb.Error as e:
             raise StoreError(f"cannot open the store in {path}: {e}") from None
         _check_not_truncated(env, ledger, path)
+        if not readonly:
+            _back_the_whole_map(env, ledger)
         try:
             store = cls(path, params, env, lock_fd)
         except lmdb.Error as e:
@@ -361,8 +363,11 @@ class Store:
         with self._rw.shared():
             if self._env is None:
                 raise StoreError("the store is closed")
-            with self._env.begin(buffers=False) as txn:
-                yield txn
+            try:
+                with self._env.begin(buffers=False) as txn:
+                    yield txn
+            except _DAMAGE as e:
+                raise StoreCorrupt(f"the store in {self.path} is damaged: {e}") from None
 
     def _write(self, body: Callable[[lmdb.Transaction], object]) -> object:
         """Run `body` in one write transaction; grow the map and retry if it is full."""
@@ -374,6 +379,8 @@ class Store:
                             return body(txn)
                 except lmdb.MapFullError:
                     self._grow_map()
+                except _DAMAGE as e:
+                    raise StoreCorrupt(f"the store in {self.path} is damaged: {e}") from None
                 except lmdb.Error as e:
                     if _is_disk_full(e) or _short_write_on_a_full_disk(e, self.path):
                         raise StoreError(
@@ -391,6 +398,7 @@ class Store:
         new_size = min(current * 2, MAX_MAP_SIZE)
         with self._rw.exclusive():
             self._env.set_mapsize(new_size)
+            _back_the_whole_map(self._env, self.path / LEDGER_DIR)
         log.info("store map grown from %d MiB to %d MiB", current >> 20, new_size >> 20)
 
     # --- reading -----------------------------------------------------------------------
@@ -1042,6 +1050,26 @@ def _check_not_truncated(env: lmdb.Environment, ledger: Path, path: Path) -> Non
             f"the store in {path} is damaged: its data file holds {size} bytes but its pages run to byte "
             f"{needed} (the file was cut short)"
         )
+
+
+# What LMDB raises when it reads a page that is not what it should be.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadDbiError, lmdb.BadTxnError)
+
+
+def _back_the_whole_map(env: lmdb.Environment, ledger: Path) -> None:
+    """Extend data.mdb (sparsely: no disk space is used) to the size of the memory map.
+
+    A damaged page can point LMDB past the end of the file but inside the map; reading there
+    kills the process with SIGBUS, before any check can say a word. With the whole map
+    backed by the file, such a read finds zeros, which LMDB reports as MDB_CORRUPTED: the
+    node stops with a message naming the damaged store instead of dying by signal.
+    """
+    data = ledger / "data.mdb"
+    try:
+        if data.stat().st_size < env.info()["map_size"]:
+            os.truncate(data, env.info()["map_size"])
+    except OSError as e:
+        log.warning("could not extend the store file path=%s error=%s", data, e)
 
 
 def _short_write_on_a_full_disk(error: lmdb.Error, path: Path) -> bool:
