@@ -3,12 +3,21 @@
 Blocks arrive verified (signatures, shape) from the validation actor or freshly produced
 by this node; here they are checked against their ancestors and the state, stored, and the
 heaviest branch is followed. Every change of tip is told to the actors that depend on it.
+
+During a sync (the block is SYNC_GAP or more below the best header we know of, so more are
+coming) blocks are queued briefly and a run of them that extends the tip is connected in
+one write transaction (Store.add_blocks): one commit and one flush to disk, one TipChanged,
+for up to MAX_RUN_BLOCKS blocks, with the same atomicity as one block. The queue is added
+when it is full, when a block near the best header arrives, RUN_WAIT_S after it started,
+and when the actor stops. Near the tip every block is added at once, as it comes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 
 from actors.base import NodeActor, Supervisor, peer_id, quoted
 from actors.clock import NetworkClock
@@ -31,6 +40,15 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 100  # blocks between prunings of dead side branches
+SYNC_GAP = 8  # a block this far below the best header is part of a sync: more are coming
+MAX_RUN_BLOCKS = 32  # blocks connected in one write transaction at most
+MAX_RUN_TXS = 20_000  # ... and transactions
+RUN_WAIT_S = 0.1  # the longest a queued block waits for the rest of its run
+
+
+@dataclass(frozen=True, slots=True)
+class _AddQueued:
+    """To itself (from a timer): add the blocks queued for a run."""
 
 
 class StorageActor(NodeActor):
@@ -46,11 +64,23 @@ class StorageActor(NodeActor):
                       "reorgs_refused": 0}
         self.connect_seconds = Histogram()  # checks against the chain and the write transaction
         self.reorg_depth = Histogram(DEPTH_BUCKETS)
+        self._queued: list[tuple] = []  # (block, origin) waiting to be added as a run
+        self._queued_txs = 0
+        self._timer: threading.Timer | None = None
+        self.stats["runs"] = 0  # write transactions that connected several blocks
+
+    def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._add_queued()  # verified blocks: store them rather than fetch them again after a restart
 
     def on_receive(self, message: object) -> object:
         match message:
             case AddBlock(block, origin):
-                return self._add(block, origin)
+                self._on_block(block, origin)
+            case _AddQueued():
+                self._timer = None
+                self._add_queued()
             case AddHeaders(headers, origin):
                 self._add_headers(headers, origin)
             case SavePeers(records, bans):
@@ -66,6 +96,80 @@ class StorageActor(NodeActor):
             case _:
                 log.warning("unexpected message actor=storage type=%s", type(message).__name__)
         return None
+
+    # --- blocks: one by one near the tip, in runs during a sync ------------------------------------
+
+    def _on_block(self, block, origin: bytes | None) -> None:
+        _, best = self.store.best_header()
+        if best.height - block.height < SYNC_GAP:
+            self._add_queued()
+            self._add(block, origin)
+            return
+        self._queued.append((block, origin))
+        self._queued_txs += len(block.txs)
+        if len(self._queued) >= MAX_RUN_BLOCKS or self._queued_txs >= MAX_RUN_TXS:
+            self._add_queued()
+        elif self._timer is None:
+            self._timer = threading.Timer(RUN_WAIT_S, self._wake)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _wake(self) -> None:
+        try:
+            self.actor_ref.tell(_AddQueued())
+        except Exception:  # noqa: BLE001 - the actor is gone: on_stop added the queue
+            return
+
+    def _add_queued(self) -> None:
+        """Add the queued blocks: each run that extends the tip in one write transaction, the
+        rest (and a run that cannot be added whole) one by one."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        queued, self._queued, self._queued_txs = self._queued, [], 0
+        # Blocks fetched from several peers at once arrive out of height order: in order, the
+        # queue is one run instead of a scatter of orphans.
+        queued.sort(key=lambda item: item[0].height)
+        i = 0
+        while i < len(queued):
+            j = i + 1
+            if queued[i][0].header.prev_hash == self.store.tip().hash:
+                while j < len(queued) and queued[j][0].header.prev_hash == queued[j - 1][0].hash:
+                    j += 1
+            if j - i >= 2 and self._add_run(queued[i:j]):
+                i = j
+                continue
+            for block, origin in queued[i:j]:
+                self._add(block, origin)
+            i = j
+
+    def _add_run(self, run: list[tuple]) -> bool:
+        started = time.perf_counter()
+        results = self.store.add_blocks([block for block, _ in run], self.clock.now_ms())
+        if results is None:
+            return False
+        seconds = time.perf_counter() - started
+        self.stats["runs"] += 1
+        self.stats["blocks_connected"] += len(run)
+        self.connect_seconds.observe(seconds / len(run), len(run))
+        for (block, origin), result in zip(run, results):
+            self.refs.tell("sync", BlockStored(block.hash, result.status))
+            tip = result.tip
+            log.info("tip hash=%s height=%d txs=%d state=%s peer=%s", tip.hash.hex()[:16], tip.height,
+                     len(block.txs), tip.state_hash[:16], peer_id(origin))
+        change = TipChanged(results[-1].tip, tuple(block for block, _ in run), ())
+        for name in ("mempool", "producer", "network", "sync", "notifier"):
+            self.refs.tell(name, change)
+        self._after_connect(len(run))
+        return True
+
+    def _after_connect(self, blocks: int) -> None:
+        self._since_prune += blocks
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            pruned = self.store.prune_side_branches()
+            if pruned:
+                log.info("pruned side branches blocks=%d", pruned)
 
     def _add(self, block, origin: bytes | None) -> str:
         started = time.perf_counter()
@@ -101,12 +205,7 @@ class StorageActor(NodeActor):
             change = TipChanged(tip, result.connected, result.disconnected)
             for name in ("mempool", "producer", "network", "sync", "notifier"):
                 self.refs.tell(name, change)
-            self._since_prune += len(result.connected)
-            if self._since_prune >= PRUNE_EVERY:
-                self._since_prune = 0
-                pruned = self.store.prune_side_branches()
-                if pruned:
-                    log.info("pruned side branches blocks=%d", pruned)
+            self._after_connect(len(result.connected))
         return result.status
 
     def _add_headers(self, headers: tuple, origin: bytes | None) -> None:

@@ -7,7 +7,9 @@ What survives a power cut, and why:
   leaves either the old tip or the new one.
 - Connecting a block writes its state changes, undo record, indexes and the tip pointer in
   one write transaction. A reorganisation (undo back to the fork point, connect the heavier
-  branch) is also one transaction, aborted as a whole if any block of the branch is invalid.
+  branch) is also one transaction, aborted as a whole if any block of the branch is invalid,
+  and so is a run of blocks that extends the tip (add_blocks, during a sync): the tip moves
+  from the run's parent to its last block or not at all.
 - With `sync` off, a power cut may lose the last commits but still cannot mix two states
   (LMDB keeps the meta pages consistent); the node restarts on an older tip and re-syncs.
 
@@ -45,6 +47,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -605,10 +608,68 @@ class Store:
 
         self._write(body)
 
-    def _switch_to(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> tuple[AddResult, _Totals]:
-        """Store `block` and make its branch the main chain, all inside `txn`."""
+    def add_blocks(self, blocks: list[Block], now_ms: int) -> list[AddResult] | None:
+        """Connect a run of blocks that extends the tip - the first a child of the tip, each
+        of the others a child of the one before - in one write transaction: during a sync,
+        one commit (and one flush to disk) for the lot instead of one per block.
+
+        Every block passes the checks add_block makes, and the run is atomic like a
+        reorganisation: a power cut leaves the old tip or the last block of the run, and
+        the in-memory tip moves only after the commit. Answers one "connected" AddResult per
+        block, or None, having written nothing, when the blocks are not such a run or any
+        of them fails a check: the caller then adds them one by one with add_block, which
+        remembers what is invalid and says why.
+        """
+        if not blocks:
+            return []
+        if blocks[0].header.prev_hash != self.tip().hash or any(
+            child.header.prev_hash != parent.hash for parent, child in itertools.pairwise(blocks)
+        ):
+            return None
+        index = self._dbs["index"]
+
+        def body(txn: lmdb.Transaction) -> tuple[list[AddResult], _Totals]:
+            tip, totals = self.tip(), self._totals
+            results = []
+            for block in blocks:
+                header = block.header
+                known = txn.get(header.hash, db=index)
+                if known is not None and _decode_index(known).flags & (HAVE_BLOCK | INVALID):
+                    raise _NotAnExtension  # stored already, or known invalid: add_block says which
+                parent = _decode_index(txn.get(header.prev_hash, db=index))
+                ctx = self._header_context(txn, header.prev_hash)
+                if ctx is None:
+                    raise _NotAnExtension
+                check_header_context(self.engine, header, ctx, now_ms)
+                check_block_shape(block, self.params.max_block_bytes, self.params.max_block_txs)
+                entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), HAVE_BLOCK)
+                if not better_tip(entry.weight, tip.weight):
+                    raise _NotAnExtension
+                result, totals = self._switch_to(txn, block, entry, tip, totals)
+                if result.status != "connected":
+                    raise _NotAnExtension
+                tip = result.tip
+                results.append(result)
+            return results, totals
+
+        try:
+            results, totals = self._write(body)
+        except (ChainError, _BranchInvalid, _NotAnExtension):
+            return None  # aborted: nothing was written
+        # Committed: only now does the in-memory view move.
+        self._totals = totals
+        self._tip = results[-1].tip
+        return results
+
+    def _switch_to(
+        self, txn: lmdb.Transaction, block: Block, entry: IndexEntry, tip: Tip | None = None,
+        totals: _Totals | None = None,
+    ) -> tuple[AddResult, _Totals]:
+        """Store `block` and make its branch the main chain, all inside `txn`, from `tip` and
+        `totals` (default: the committed ones; add_blocks passes those its run has reached)."""
         d = self._dbs
-        tip = self.tip()
+        tip = self.tip() if tip is None else tip
+        totals = self._totals if totals is None else totals
         self._store_side(txn, block, entry)
         # Walk the new branch back to the main chain.
         branch = [block.hash]
@@ -630,8 +691,7 @@ class Store:
                 "refusing a reorganisation of depth %d (limit %d) to block %s at height %d",
                 depth, self.params.max_reorg_depth, block.hash.hex()[:16], block.height,
             )
-            return AddResult("reorg_refused", tip), self._totals
-        totals = self._totals
+            return AddResult("reorg_refused", tip), totals
         disconnected = []
         for height in range(tip.height, fork_height, -1):
             old_hash = txn.get(_U64.pack(height), db=d["main"])
@@ -1023,6 +1083,10 @@ class Store:
 def _stake_delta(previous: dict, updated: dict) -> int:
     """How much bonded stake a change adds (negative when it removes)."""
     return sum(a.stake for a in updated.values()) - sum(a.stake for a in previous.values() if a is not None)
+
+
+class _NotAnExtension(Exception):
+    """add_blocks: the run does not simply extend the tip; add its blocks one by one."""
 
 
 class _BranchInvalid(Exception):
