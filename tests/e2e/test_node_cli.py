@@ -465,8 +465,8 @@ def test_signals_stop_a_mining_node_cleanly(nodes, sig, to_group):
     network_id = bytes.fromhex(node.status()["network_id"])
     node.client.submit(sign_tx(A, network_id, nonce=0, fee=1000, recipient=B.address, amount=5).raw)
     node.wait_for_height(2)
-    # the resource tracker, a mining worker and a validation worker
-    workers = wait_until(lambda: len(children_of(node.pid)) >= 3 and children_of(node.pid), 10,
+    # a mining worker and a validation worker
+    workers = wait_until(lambda: len(children_of(node.pid)) >= 2 and children_of(node.pid), 10,
                          message="the node's worker processes")
     started = time.monotonic()
     if to_group:
