@@ -36,19 +36,17 @@ import os
 import random
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from actors.messages import TxsReceived
 from actors.node import Node
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.keys import address_to_text
@@ -61,7 +59,7 @@ from tests.benchmarks import bench_node as bn
 from tests.benchmarks.bench_pos import session_cpu_s
 from tests.benchmarks.loadpeer import LoadPeer, Target
 from tests.chainbuilder import key
-from tests.nodes import Network, NodeProcess, merge
+from tests.nodes import Network, NodeProcess
 from tests.pos.posnet import add_stakers
 
 MB = 1 << 20
@@ -514,7 +512,7 @@ def copy_ledger(source: Path, data_dir: Path) -> None:
     shutil.copyfile(source / "data.mdb", target / "data.mdb")
 
 
-def prepared(cache: Path, name: str, build) -> Path:  # noqa: ANN001 - build(store_dir) makes the ledger
+def prepared(cache: Path, name: str, build) -> Path:
     """A ledger directory in the cache, built once by `build(data_dir)` (atomic by rename)."""
     done = cache / name / "data" / "ledger"
     if (done / "data.mdb").exists():
