@@ -8,6 +8,9 @@ for something, so that it is judged on what it sends, not dropped for being sile
 
 The `frames` helpers build the broken frames, and `blocks` the invalid blocks (bad proof
 of work, a bad signature inside an otherwise valid block) a hostile node would offer.
+`connect` dials a victim node, `offer_block` hands it a block the way a peer does (INV,
+GETDATA, BLOCK), and `peer_entry`, `score_of` and `scored_or_banned` read what the victim
+holds against a client (GET /peers).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -29,7 +33,11 @@ from transport.keys import generate_node_keypair, tcp_endpoint
 from transport.messages import (
     PROTOCOL_VERSION,
     FrameError,
+    GetData,
     Hello,
+    Inv,
+    InvItem,
+    InvKind,
     Message,
     MessageType,
     Ping,
@@ -37,6 +45,10 @@ from transport.messages import (
     decode_message,
     encode_message,
 )
+from transport.messages import Block as BlockMessage
+
+if TYPE_CHECKING:
+    from tests.nodes import NodeProcess
 
 WAIT_S = 10.0  # default bound of every wait for the node's answer
 
@@ -177,6 +189,42 @@ class HostileClient:
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
         self.ctx.term()
+
+
+def connect(victim: NodeProcess, params: ChainParams, keypair: tuple[bytes, bytes] | None = None) -> HostileClient:
+    """A HostileClient dialling `victim`'s peer port (its own fresh key unless `keypair`)."""
+    host, port = victim.listen_address
+    return HostileClient(victim.key, host, port, params.network_magic, keypair=keypair)
+
+
+def offer_block(client: HostileClient, block: Block) -> None:
+    """Announce `block`, wait for the victim to ask for it, and give it."""
+    client.send(Inv((InvItem(InvKind.BLOCK, block.hash),)))
+    client.expect(GetData, lambda m: any(i.hash == block.hash for i in m.items))
+    client.send(BlockMessage(block.raw))
+
+
+# --- what the victim holds against a client (GET /peers) ------------------------------------
+
+
+def peer_entry(node: NodeProcess, node_id: str) -> dict | None:
+    """The victim's session entry for `node_id` (with its score), if it has one now."""
+    for entry in node.peers():
+        if entry["node_id"] == node_id and "score" in entry:
+            return entry
+    return None
+
+
+def score_of(node: NodeProcess, node_id: str) -> int | None:
+    entry = peer_entry(node, node_id)
+    return None if entry is None else entry["score"]
+
+
+def scored_or_banned(victim: NodeProcess, client: HostileClient, before: int) -> bool:
+    if client.node_id in victim.banned():
+        return True
+    score = score_of(victim, client.node_id)
+    return score is not None and score > before
 
 
 # --- broken frames ---------------------------------------------------------------------------

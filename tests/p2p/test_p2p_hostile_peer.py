@@ -34,8 +34,13 @@ from tests.nodes import FUNDED, P2P, Network, NodeProcess, merge
 from tests.p2p.hostile import (
     HostileClient,
     block_on_genesis,
+    connect,
     malformed_frames,
+    offer_block,
     oversized_frames,
+    peer_entry,
+    score_of,
+    scored_or_banned,
     with_bad_signature,
 )
 from transport.loop import MAX_MESSAGE_BYTES
@@ -81,26 +86,6 @@ class TransferStream:
             self.error = e
 
 
-def peer_entry(node: NodeProcess, node_id: str) -> dict | None:
-    """The victim's session entry for `node_id` (with its score), if it has one now."""
-    for entry in node.peers():
-        if entry["node_id"] == node_id and "score" in entry:
-            return entry
-    return None
-
-
-def score_of(node: NodeProcess, node_id: str) -> int | None:
-    entry = peer_entry(node, node_id)
-    return None if entry is None else entry["score"]
-
-
-def scored_or_banned(victim: NodeProcess, client: HostileClient, before: int) -> bool:
-    if client.node_id in victim.banned():
-        return True
-    score = score_of(victim, client.node_id)
-    return score is not None and score > before
-
-
 @pytest.fixture
 def cluster(nodes: Network):
     """(victim, miner, submitter): the honest miner and submitter dial the victim only."""
@@ -116,11 +101,6 @@ def cluster(nodes: Network):
     nodes.wait_ready_peers(victim, [miner, submitter])
     nodes.wait_converged([victim, miner, submitter], 60, min_height=2)
     return victim, miner, submitter
-
-
-def connect(victim: NodeProcess, params, keypair=None) -> HostileClient:
-    host, port = victim.listen_address
-    return HostileClient(victim.key, host, port, params.network_magic, keypair=keypair)
 
 
 # --- the attacks: each gets a fresh, handshaken client and abuses the victim until it is banned
@@ -191,13 +171,6 @@ def attack_unrequested_block(victim, client, params, network) -> None:
         client.send(Block(raw))
         wait_until(lambda before=before: scored_or_banned(victim, client, before), BAN_TIMEOUT_S, interval=0.05,
                    message="the victim to penalise an unrequested block")
-
-
-def offer_block(client: HostileClient, block) -> None:
-    """Announce `block`, wait for the victim to ask for it, and give it."""
-    client.send(Inv((InvItem(InvKind.BLOCK, block.hash),)))
-    client.expect(GetData, lambda m: any(i.hash == block.hash for i in m.items))
-    client.send(Block(block.raw))
 
 
 def attack_block_bad_work(victim, client, params, network) -> None:
