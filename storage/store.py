@@ -563,6 +563,11 @@ class Store:
         entry = IndexEntry(header.height, parent.weight + self.engine.block_weight(header), HAVE_BLOCK)
         tip = self.tip()
         if not better_tip(entry.weight, tip.weight):
+            try:
+                self._check_side_block(block, ctx, tip)
+            except _BranchInvalid as bad:
+                self._write(lambda txn: self._store_invalid(txn, block, bad.block_hash, bad.descendants))
+                raise bad.error from None
             self._write(lambda txn: self._store_side(txn, block, entry))
             return AddResult("side_branch", tip)
         try:
@@ -574,6 +579,62 @@ class Store:
         self._totals = totals
         self._tip = result.tip
         return result
+
+    def _check_side_block(self, block: Block, ctx: HeaderContext, tip: Tip) -> None:
+        """A side block is stored without being connected, so nothing else would judge it
+        before its branch wins: refuse those that cost the sender nothing and would fill the
+        disk (a Proof of Work block costs its work). Under Proof of Stake a signature alone
+        makes a block, so its signer must be eligible: by the stake at our tip if that
+        suffices (the common case, cheap), else by the exact stake at its parent, which an
+        honest block of a branch whose stake moved differently from ours (bonds, unbonds, a
+        slash) needs. Side branches deeper than the reorganisation limit are pruned."""
+        if not self._staking:
+            return
+        try:
+            with self._read() as txn:
+                self._check_stake_ahead(txn, block.header, ctx)
+        except ChainError:
+            stake, total_stake = self._stake_at_parent(block, tip)
+            try:
+                self.engine.check_stake(block.header, ctx, stake, total_stake)
+            except ChainError as e:
+                raise _BranchInvalid(block.hash, e) from None
+
+    def _stake_at_parent(self, block: Block, tip: Tip) -> tuple[int, int]:
+        """(stake of `block`'s producer, total stake) in the state after its parent, a side
+        block or a main-chain block: worked out in a write transaction that is then aborted
+        (main chain disconnected to the fork point, the side branch connected up to the
+        parent, with every check). Raises _BranchInvalid if an ancestor breaks a rule."""
+        d = self._dbs
+
+        class Reached(Exception):
+            pass
+
+        def body(txn: lmdb.Transaction) -> None:
+            branch: list[bytes] = []
+            cursor_hash, cursor_height = block.header.prev_hash, block.height - 1
+            while txn.get(_U64.pack(cursor_height), db=d["main"]) != cursor_hash:
+                branch.append(cursor_hash)
+                cursor_hash = decode_header(txn.get(cursor_hash, db=d["headers"])).prev_hash
+                cursor_height -= 1
+            totals = self._totals
+            for height in range(tip.height, cursor_height, -1):
+                old_hash = txn.get(_U64.pack(height), db=d["main"])
+                totals = self._disconnect(txn, decode_block(txn.get(old_hash, db=d["blocks"])), totals)
+            order = branch[::-1]
+            for position, block_hash in enumerate(order):
+                try:
+                    totals = self._connect(txn, decode_block(txn.get(block_hash, db=d["blocks"])), totals)
+                except ChainError as e:
+                    raise _BranchInvalid(block_hash, e, tuple(order[position + 1 :])) from None
+            producer = self._get_account(txn, block.header.producer)
+            raise Reached(producer.stake if producer else 0, totals.total_stake)
+
+        try:
+            self._write(body)
+        except Reached as reached:  # leaving the transaction by an exception aborted it
+            return reached.args
+        raise AssertionError("unreachable")
 
     def _store_side(self, txn: lmdb.Transaction, block: Block, entry: IndexEntry) -> None:
         d = self._dbs

@@ -274,6 +274,67 @@ def test_headers_first_judge_eligibility_by_the_stake_at_our_tip(store, b):
     assert add(store, good).status == "connected"
 
 
+def test_a_side_block_needs_an_eligible_signer_too(store, b):
+    """A block that does not beat the tip is stored without being connected, so nothing
+    would judge its signer until its branch won: under Proof of Stake that would let anyone
+    fill the disk with blocks that cost one signature each. A side block's signer must be
+    eligible (by the stake at its parent): refused as a bad proof, penalised and remembered.
+    An honest side block (a staker's, in a slot it won) is still stored."""
+    add_all(store, b.produce_many(3))
+    tip = b.tip
+    fork = b.header(tip.prev_hash)
+    outsider = SigningKey.from_seed(b"\x07" * 32)
+    forged = b.forge(parent=fork.hash, slot=b.slot(tip) + 1, signer=outsider)
+    assert refused(store, forged) == Code.BAD_PROOF and Code.BAD_PROOF.penalise
+    assert store.block(forged.hash) is None
+    assert refused(store, forged) == Code.INVALID_ANCESTOR  # remembered
+    first = b.slot(tip) + 1
+    lost = next(s for s in range(first, first + 10_000) if not b.is_eligible(fork.hash, s, 1))
+    assert refused(store, b.forge(parent=fork.hash, slot=lost, staker_index=1)) == Code.BAD_PROOF
+    honest = b.produce(parent=fork.hash, after_slot=b.slot(tip))
+    assert add(store, honest).status == "side_branch"
+    assert store.block(honest.hash) == honest
+    assert store.tip().hash == tip.hash
+    assert_matches_replay(store)  # the exact check's trial left nothing behind
+
+
+def test_a_side_block_is_judged_by_the_stake_of_its_own_branch(store, b):
+    """Our branch slashed staker 3; a branch where it was not slashed has honest blocks
+    signed by it. Judged by the stake at our tip they would be refused and that branch could
+    never win; judged by the stake at their parent they are stored, and the branch wins
+    when it grows heavier."""
+    base = b.produce_many(3)
+    add_all(store, base)
+    main = slashing_branch(b, base[-1].hash)
+    add_all(store, main)
+    assert store.account(staker(3).address).stake == 0
+    side = outgrow(b, base[-1].hash, main[-1].hash, stakers=[3])
+    results = [add(store, block) for block in side]
+    assert [r.status for r in results[:-1]] == ["side_branch"] * (len(side) - 1)
+    assert results[-1].status == "reorganized"
+    assert store.account(staker(3).address).stake == STAKE
+    assert_matches_replay(store)
+
+
+def test_a_side_block_on_an_invalid_side_branch_is_refused_with_it(store, b):
+    """Working out the stake at a side block's parent connects its branch: an ancestor that
+    breaks a rule makes the block, and the branch, invalid."""
+    add_all(store, b.produce_many(3))
+    tip = b.tip
+    fork = b.header(tip.prev_hash)
+    # A side block that only the stake at our tip vouches for: its transfer overspends.
+    overspend = b.tx(key(0), nonce=0, amount=10**30 % (1 << 63), recipient=key(1).address)
+    bad_parent = b.forge([overspend], parent=fork.hash, slot=b.next_eligible(fork.hash, after_slot=b.slot(tip))[0],
+                         staker_index=b.next_eligible(fork.hash, after_slot=b.slot(tip))[1])
+    assert add(store, bad_parent).status == "side_branch"
+    child = b.forge(parent=bad_parent.hash, slot=b.slot(bad_parent.header) + 1, signer=SigningKey.from_seed(b"\x09" * 32))
+    assert refused(store, child) == Code.INSUFFICIENT_FUNDS
+    assert store.block(bad_parent.hash) is None and store.block(child.hash) is None
+    assert refused(store, child) == Code.INVALID_ANCESTOR
+    assert store.tip().hash == tip.hash
+    assert_matches_replay(store)
+
+
 # --- total stake and reorganisations -----------------------------------------------------------
 
 
