@@ -678,7 +678,7 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
     base_b: dict[str, list] = {n: [] for n in results}
     synced: dict[str, list] = {n: [] for n in results}
     for round_ in range(2):  # alternate the stores too, so that each meets the same machine
-        for name, store in results.items():
+        for index, (name, store) in enumerate(results.items()):
             log(f"growth: '{name}' round {round_ + 1}")
             with node_on(root / f"admit-{round_}", params, store["history"]) as node:
                 for part in range(2):
@@ -686,7 +686,7 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
                     base_a[name].append(baseline_a(bn.items_of(txs, params.network_id)))
                     admit[name].append(bn.feed_txs(node, txs, 100, part * SENDERS, base_a[name][-1]["rate"]))
             base_b[name].append(baseline_b(pool, items * 5))
-            result = sync_once(growth_network(root / f"grow-{round_}-{len(synced[name])}-{name[:3]}"), store["seed"],
+            result = sync_once(growth_network(root / f"grow-{round_}-{index}"), store["seed"],
                                store["history"], store["height"])
             work = segment * 100
             synced[name].append({"work": work, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
