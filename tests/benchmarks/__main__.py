@@ -34,7 +34,7 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "H/s":
         return f"{value / 1e6:.2f} MH/s"
     if unit == "ms":
-        return f"{value:.1f} ms"
+        return f"{value:.2f} ms" if value < 1 else f"{value:.1f} ms"
     if unit.startswith("MB"):
         return f"{value:.1f} {unit}"
     if unit == "x":
@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             command.append("--blocks=15" if bench == "bench_pos" else "--quick")
         elif args.long and bench == "bench_network":
             command.append("--long")
+        path = out / f"{bench}.json"
+        path.unlink(missing_ok=True)  # a bench that fails must not leave an older run's figures in the table
         print(f"=== {' '.join(command[1:])}", flush=True)
         status = subprocess.run(command, check=False).returncode
         if status != 0:
             failed.append(bench)
-        path = out / f"{bench}.json"
         if not path.exists():
             sections.append((bench, [f"(no results: exit status {status})"]))
             continue
