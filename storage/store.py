@@ -489,17 +489,24 @@ class Store:
         grandparent = chain[1] if len(chain) > 1 and chain[1].height > 0 else None
         timestamps = tuple(h.timestamp_ms for h in chain[: self.params.median_time_span])
         seed = self._epoch_seed(txn, chain[0]) if self._staking else b""
+        if seed is None:
+            return None
         return HeaderContext(chain[0], grandparent, timestamps, seed)
 
-    def _epoch_seed(self, txn: lmdb.Transaction, parent: Header) -> bytes:
-        """Hash of the ancestor that seeds eligibility for a child of `parent` (chain.pos)."""
+    def _epoch_seed(self, txn: lmdb.Transaction, parent: Header) -> bytes | None:
+        """Hash of the ancestor that seeds eligibility for a child of `parent` (chain.pos);
+        None when the walk back meets a header that is not stored (a dead side branch
+        pruned under a block or header that still names it)."""
         target = epoch_seed_height(parent.height + 1, self.params.epoch_length)
         block_hash, header = parent.hash, parent
         if txn.get(_U64.pack(parent.height), db=self._dbs["main"]) == parent.hash:
             return txn.get(_U64.pack(target), db=self._dbs["main"])  # on the main chain: one lookup
         while header.height > target:
             block_hash = header.prev_hash
-            header = decode_header(txn.get(block_hash, db=self._dbs["headers"]))
+            raw = txn.get(block_hash, db=self._dbs["headers"])
+            if raw is None:
+                return None
+            header = decode_header(raw)
         return block_hash
 
     def locator(self) -> list[bytes]:
