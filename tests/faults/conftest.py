@@ -36,6 +36,10 @@ class Profile:
     skews_ms: tuple[int, ...]
     fuzz_frames: int
     consensus: dict[str, tuple[str, ...]]  # fault family -> engines it runs on
+    # max_reorg_depth of the fault networks, per engine: deeper than any side can grow while a
+    # fault lasts (blocks every 0.6 s (PoW) / 1 s (PoS)), or two sides that each outgrow it
+    # never reconcile - by design (README, "Finality") - and the checkers would report it.
+    finality: dict[str, int]
 
     def engines(self, family: str) -> tuple[str, ...]:
         return self.consensus[family]
@@ -54,6 +58,7 @@ SHORT = Profile(
     fuzz_frames=10_000,
     consensus={"crash": ("pow",), "partitions": ("pos",), "links": ("pow",), "disk": ("pow",),
                "hostile": ("pos",)},
+    finality={"pow": 40, "pos": 30},
 )
 LONG = Profile(
     name="long",
@@ -68,6 +73,7 @@ LONG = Profile(
     fuzz_frames=50_000,
     consensus={"crash": ("pow", "pos"), "partitions": ("pos", "pow"), "links": ("pow", "pos"),
                "disk": ("pow", "pos"), "hostile": ("pos", "pow")},
+    finality={"pow": 400, "pos": 300},
 )
 PROFILES = {p.name: p for p in (SHORT, LONG)}
 

@@ -62,7 +62,7 @@ STUCK_S = 20.0
 SAMPLE_EVERY_S = 0.5
 LOAD_SENDERS = 10
 LOAD_KEY_BASE = 100  # tests.chainbuilder.key(100 + i): the load's senders, funded at genesis
-FINALITY = {"pow": 40, "pos": 30}  # max_reorg_depth of the fault networks (blocks)
+FINALITY = {"pow": 40, "pos": 30}  # max_reorg_depth of the fault networks (blocks), unless a profile sets it
 
 # Upper bounds every node must keep under, throughout every fault (an idle node here: ~40 MB
 # resident, ~40 descriptors; the peaks each fault reached are in RESULTS.md).
@@ -145,14 +145,14 @@ class Cluster:
     """`size` nodes of one network, a mesh, the first `producers` of them producing."""
 
     def __init__(self, network: Network, nodes: list[NodeProcess], consensus: str, hosts: list[Host],
-                 lab: NetLab | None, producers: list[NodeProcess]) -> None:
+                 lab: NetLab | None, producers: list[NodeProcess], finality: int | None = None) -> None:
         self.network = network
         self.nodes = nodes
         self.consensus = consensus
         self.hosts = hosts
         self.lab = lab
         self.producers = producers
-        self.finality = FINALITY[consensus]
+        self.finality = FINALITY[consensus] if finality is None else finality
         self.load: Load | None = None
         self.monitor: Monitor | None = None
         self.nonces = [0] * LOAD_SENDERS  # the load's wallets' next nonces, kept across runs
@@ -160,11 +160,15 @@ class Cluster:
     @classmethod
     def build(cls, root: Path, *, consensus: str, size: int = 5, producers: Sequence[int] = (0, 2, 4),
               lab: NetLab | None = None, config: dict[str, Any] | None = None,
-              genesis: dict[str, Any] | None = None) -> Cluster:
+              genesis: dict[str, Any] | None = None, finality: int | None = None) -> Cluster:
         """Make (not start) the nodes. PoW: the nodes at indexes `producers` mine (three: a
         2-core machine runs no more hashing workers usefully); PoS: every node stakes."""
         allocations = {address_to_text(k.address): ALLOCATION for k in load_keys()}
         config = merge(NODE_CONFIG, config or {})
+        finality = FINALITY[consensus] if finality is None else finality
+        # PoS needs the unbonding delay at least as deep as a reorganisation can reach.
+        depth = {"max_reorg_depth": finality} | ({"unbonding_delay": max(100, finality)} if consensus == "pos" else {})
+        genesis = merge(genesis or {}, depth)
         if consensus == "pow":
             network = Network(root, merge(POW_GENESIS, genesis or {}), allocations)
         else:
@@ -182,7 +186,7 @@ class Cluster:
             for node in (n for n in nodes if n not in making):
                 node.config = merge(node.config, {"producer": {"enabled": False}})
                 node.write_config()
-        return cls(network, nodes, consensus, hosts, lab, making)
+        return cls(network, nodes, consensus, hosts, lab, making, finality)
 
     def start(self, timeout: float = 60.0) -> None:
         self.network.start(*self.nodes)

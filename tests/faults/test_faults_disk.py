@@ -22,10 +22,11 @@ LEFT_KB = 192  # free space left by the filler
 
 
 @pytest.fixture(scope="module")
-def cluster(module_dir, consensus):
+def cluster(module_dir, consensus, profile):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    c = Cluster.build(module_dir / consensus, consensus=consensus, size=3, producers=(0, 2), lab=None)
+    c = Cluster.build(module_dir / consensus, consensus=consensus, finality=profile.finality[consensus],
+                      size=3, producers=(0, 2), lab=None)
     try:
         c.start()
         yield c

@@ -26,8 +26,9 @@ FAMILY = "links"
 
 
 @pytest.fixture(scope="module")
-def cluster(module_lab, module_dir, consensus):
-    c = Cluster.build(module_dir / consensus, consensus=consensus, size=5, lab=module_lab)
+def cluster(module_lab, module_dir, consensus, profile):
+    c = Cluster.build(module_dir / consensus, consensus=consensus, finality=profile.finality[consensus],
+                      size=5, lab=module_lab)
     try:
         c.start()
         yield c
