@@ -9,7 +9,6 @@ CURVE DEALERs speaking the real wire format) offer the victim, one client per ca
 built on its real chain (headers read from its GET /blocks) that break one rule each:
 
 - ineligible producer: a correctly signed child of the victim's tip by a key holding no stake,
-  the same as a sibling of the tip (as heavy as the tip: it would be kept as a side block),
   and one by the rogue staker in a slot it did not win;
 - wrong signature: the victim's own tip block, made by an honest staker, one bit of its
   signature flipped;
@@ -36,7 +35,8 @@ Two behaviours the test asserts on purpose:
 - Stake is judged whether the block would become the tip or not: if an honest block at the
   same height reaches the victim first, the forged one would be a lighter sibling, and the
   store checks a side block's signer too (by the stake at its parent) before keeping it, so
-  the sender is banned all the same and nothing is kept.
+  the sender is banned all the same and nothing is kept (tests/storage/test_pos_store.py
+  shows that rule directly).
 
 Between cases the victim must keep following the honest chain; at the end all three nodes
 share one tip, a transfer submitted at the victim is confirmed on every node, the honest
@@ -173,14 +173,10 @@ class Forger:
             check_header_context(self.engine, block.header, ctx, now_ms())
         assert refused.value.code == code, refused.value
 
-    def ineligible_on_tip(self, signer: SigningKey, *, sibling: bool = False) -> Block:
-        """A child of the tip (or, with `sibling`, of the tip's parent: a block as heavy as
-        the tip, which would be kept as a side block), stamped now, by `signer` in a slot it
-        did not win: valid in every respect but eligibility."""
+    def ineligible_on_tip(self, signer: SigningKey) -> Block:
+        """A child of the tip, stamped now, by `signer` in a slot it did not win: valid in
+        every respect but eligibility."""
         tip, ctx = self.tip()
-        if sibling:
-            tip = header_of(self.victim, tip.prev_hash.hex())
-            ctx = context_of(self.victim, self.params, tip)
         difficulty, stake = self.engine.next_difficulty(ctx), self.stake(signer)
         first = max(self.slot(now_ms()), self.slot(tip.timestamp_ms) + 1)
         slot = next((s for s in (first, first + 1)
@@ -213,10 +209,6 @@ def offer_and_wait_ban(victim: NodeProcess, client: HostileClient, block: Block)
 
 def case_no_stake(forger: Forger, victim: NodeProcess, client: HostileClient) -> Outcome:
     return offer_and_wait_ban(victim, client, forger.ineligible_on_tip(NO_STAKE))
-
-
-def case_no_stake_sibling(forger: Forger, victim: NodeProcess, client: HostileClient) -> Outcome:
-    return offer_and_wait_ban(victim, client, forger.ineligible_on_tip(NO_STAKE, sibling=True))
 
 
 def case_rogue_not_eligible(forger: Forger, victim: NodeProcess, client: HostileClient) -> Outcome:
@@ -296,8 +288,6 @@ class Case:
 
 CASES = [
     Case("a key with no stake signs a child of the tip", case_no_stake, "bad_proof", "not eligible"),
-    Case("a key with no stake signs a sibling of the tip (a side block)", case_no_stake_sibling, "bad_proof",
-         "not eligible"),
     Case("a staker signs a child of the tip in a slot it did not win", case_rogue_not_eligible, "bad_proof",
          "not eligible"),
     Case("the tip block with one bit of its signature flipped", case_bad_signature, "bad_proof",
