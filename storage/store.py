@@ -614,9 +614,6 @@ class Store:
         parent, with every check). Raises _BranchInvalid if an ancestor breaks a rule."""
         d = self._dbs
 
-        class Reached(Exception):
-            pass
-
         def body(txn: lmdb.Transaction) -> None:
             branch: list[bytes] = []
             cursor_hash, cursor_height = block.header.prev_hash, block.height - 1
@@ -635,11 +632,11 @@ class Store:
                 except ChainError as e:
                     raise _BranchInvalid(block_hash, e, tuple(order[position + 1 :])) from None
             producer = self._get_account(txn, block.header.producer)
-            raise Reached(producer.stake if producer else 0, totals.total_stake)
+            raise _Reached(producer.stake if producer else 0, totals.total_stake)
 
         try:
             self._write(body)
-        except Reached as reached:  # leaving the transaction by an exception aborted it
+        except _Reached as reached:  # leaving the transaction by an exception aborted it
             return reached.args
         raise AssertionError("unreachable")
 
@@ -1165,6 +1162,10 @@ class _BranchInvalid(Exception):
         self.block_hash = block_hash
         self.error = error
         self.descendants = descendants
+
+
+class _Reached(Exception):
+    """Carries what an aborted trial transaction worked out out of it (Store._stake_at_parent)."""
 
 
 def _check_not_truncated(env: lmdb.Environment, ledger: Path, path: Path) -> None:
