@@ -211,16 +211,7 @@ class MemoryWatch:
 
 
 def describe_child(pid: int) -> str:
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    text = " ".join(w.decode(errors="replace") for w in words if w)
-    if "resource_tracker" in text:
-        return "multiprocessing resource tracker"
-    if "spawn_main" in text:
-        return "spawn worker (validation pool)"
-    return text[:60]
+    return bn._describe(pid, worker="spawn worker (validation pool)")
 
 
 def node_memory(nodes: list[NodeProcess]) -> dict:

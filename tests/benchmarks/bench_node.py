@@ -461,7 +461,8 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def _describe(pid: int) -> str:
+def _describe(pid: int, worker: str = "spawn worker (PoW mining)") -> str:
+    """What child process `pid` is, for the memory tables; `worker` names a spawn worker."""
     try:
         words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -470,7 +471,7 @@ def _describe(pid: int) -> str:
     if "resource_tracker" in text:
         return "multiprocessing resource tracker"
     if "spawn_main" in text or "multiprocessing" in text:
-        return "spawn worker (PoW mining)"
+        return worker
     return text[:60]
 
 

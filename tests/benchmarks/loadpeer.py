@@ -199,22 +199,21 @@ class LoadPeer:
         child.close()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S + 10) -> int:
-        if not self.conn.poll(timeout):
-            raise TimeoutError("the load generator did not connect in time")
-        kind, value = self.conn.recv()
-        if kind != "ready":
-            raise RuntimeError(f"load generator: {value}")
-        return value
+        """Node ids handshaken, once every node answered our HELLO."""
+        return self._expect("ready", timeout, "connect")
 
     def run(self, rate: float, seconds: float) -> None:
         """Start announcing `rate` transactions a second for `seconds`; `result` waits for the end."""
         self.conn.send(("run", rate, seconds))
 
     def result(self, timeout: float) -> dict:
+        return self._expect("ran", timeout, "finish")
+
+    def _expect(self, kind: str, timeout: float, what: str):
         if not self.conn.poll(timeout):
-            raise TimeoutError("the load generator did not finish in time")
-        kind, value = self.conn.recv()
-        if kind != "ran":
+            raise TimeoutError(f"the load generator did not {what} in time")
+        got, value = self.conn.recv()
+        if got != kind:
             raise RuntimeError(f"load generator: {value}")
         return value
 
