@@ -64,6 +64,7 @@ class Results:
         self.tests_run = 0
         self.tests_selected = 0
         self.tests_defined = 0
+        self.modules_missing: set[str] = set()  # fault test files this session did not collect
 
     def row(self, fault: str, consensus: str, parameters: str) -> Row:
         row = Row(fault, consensus, parameters)
@@ -108,7 +109,8 @@ class Results:
     def write(self, fallback_dir: Path | None) -> Path | None:
         if not self.rows:
             return None
-        complete = self.tests_run and self.tests_selected == self.tests_defined == self.tests_run
+        complete = (self.tests_run and not self.modules_missing
+                    and self.tests_selected == self.tests_defined == self.tests_run)
         path = RESULTS_PATH if complete else (fallback_dir or Path("/tmp")) / "fault-RESULTS.partial.md"
         path.write_text(self.markdown())
         return path
