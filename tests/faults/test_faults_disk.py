@@ -1,5 +1,5 @@
 """A full disk: a node whose data directory lives on a small tmpfs (mounted by the test,
-unmounted at teardown) that a filler file has almost filled, in a 3-node cluster under load.
+unmounted at teardown) that a filler file has almost filled, in a 5-node cluster under load.
 It must stop writing with a clear error naming its data directory (no traceback, no silent
 stall), its store must be exactly the replay of its chain, and once space returns (the
 filler deleted) it restarts, resumes where it was and syncs with the others.
@@ -26,7 +26,7 @@ def cluster(module_dir, consensus, profile):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     c = Cluster.build(module_dir / consensus, consensus=consensus, finality=profile.finality[consensus],
-                      size=3, producers=(0, 2), lab=None)
+                      size=5, lab=None)
     try:
         c.start()
         yield c

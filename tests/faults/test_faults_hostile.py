@@ -60,7 +60,7 @@ SEED = 424242
 @pytest.fixture(scope="module")
 def cluster(module_dir, consensus, profile):
     c = Cluster.build(module_dir / consensus, consensus=consensus, finality=profile.finality[consensus],
-                      size=3, producers=(0, 2), lab=None,
+                      size=5, lab=None,
                       config={"network": {"ban_threshold": BAN_THRESHOLD}})
     try:
         c.start()
