@@ -227,7 +227,9 @@ class ValidationActor(NodeActor):
 
     def _dispatch(self) -> None:
         if self._pool is None:
-            self._pool = WorkerPool(self.workers, self._chunk_result, "verify")
+            # One call waiting per worker: it starts the moment its worker answers, not when
+            # this actor (its inbox full of arriving blocks during a sync) gets to the answer.
+            self._pool = WorkerPool(self.workers, self._chunk_result, "verify", queue=self.workers)
             self._checker = threading.Thread(target=self._check_loop, name="validation-check", daemon=True)
             self._checker.start()
         while self._chunks:

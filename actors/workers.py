@@ -2,7 +2,10 @@
 
 Each worker is a `spawn`ed process (never `fork`: the node holds an open LMDB environment)
 with a pipe of its own, running one call at a time. A collector thread waits on every
-pipe and every process sentinel together, and hands each result to a callback.
+pipe and every process sentinel together, and hands each result to a callback. A pool may
+hold a bounded queue of calls: the collector gives a worker its next call the moment it
+answers, so a worker never idles while the caller (an actor with a busy inbox) gets round
+to handing out more work.
 
 Why not multiprocessing.Pool: its workers share one task queue behind one lock. A worker
 killed while holding it (the OOM killer, a signal to the process group) leaves the lock
@@ -20,6 +23,7 @@ import multiprocessing.connection
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -67,13 +71,16 @@ Callback = Callable[[object, Any, BaseException | None], None]
 
 
 class WorkerPool:
-    """`size` worker processes; `on_result(token, result, error)` runs in the collector thread."""
+    """`size` worker processes; `on_result(token, result, error)` runs in the collector thread.
+    Up to `queue` calls wait for a worker when every one is busy."""
 
-    def __init__(self, size: int, on_result: Callback, name: str = "worker") -> None:
+    def __init__(self, size: int, on_result: Callback, name: str = "worker", queue: int = 0) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._name = name
         self._on_result = on_result
         self._lock = threading.Lock()
+        self._queue: deque[tuple[object, Callable[..., Any], tuple]] = deque()
+        self._queue_max = queue
         self._stopping = threading.Event()
         self._workers = [_Worker(self._ctx, f"{name}-{i}") for i in range(size)]
         self.restarts = 0
@@ -89,18 +96,35 @@ class WorkerPool:
             return sum(1 for w in self._workers if w.token is None)
 
     def submit(self, token: object, function: Callable[..., Any], *args: Any) -> bool:
-        """Run function(*args) on an idle worker; False when every worker is busy."""
+        """Run function(*args) on an idle worker, or queue it; False when every worker is
+        busy and the queue is full."""
         with self._lock:
+            if self._stopping.is_set():
+                return False
             worker = next((w for w in self._workers if w.token is None), None)
-            if worker is None or self._stopping.is_set():
-                return False
-            worker.token = token
-            try:
-                worker.conn.send((token, function, args))
-            except (EOFError, OSError):
-                worker.token = None  # it died: the collector replaces it
-                return False
+            if worker is None or self._queue:
+                if len(self._queue) >= self._queue_max:
+                    return False
+                self._queue.append((token, function, args))
+                return True
+            return self._send(worker, token, function, args)
+
+    def _send(self, worker: _Worker, token: object, function: Callable[..., Any], args: tuple) -> bool:
+        """Under the lock: hand `worker` (idle) one call."""
+        worker.token = token
+        try:
+            worker.conn.send((token, function, args))
+        except (EOFError, OSError):
+            worker.token = None  # it died: the collector replaces it
+            return False
         return True
+
+    def _feed(self, worker: _Worker) -> None:
+        """Under the lock: give an idle worker the oldest queued call."""
+        if self._queue and worker.token is None and not self._stopping.is_set():
+            token, function, args = self._queue.popleft()
+            if not self._send(worker, token, function, args):
+                self._queue.appendleft((token, function, args))
 
     def _collect(self) -> None:
         while not self._stopping.is_set():
@@ -122,6 +146,7 @@ class WorkerPool:
             return  # the sentinel tells the rest
         with self._lock:
             worker.token = None
+            self._feed(worker)  # first: the worker starts on its next call while we report
         self._report(token, value if ok else None, None if ok else RuntimeError(value))
 
     def _replace(self, dead: _Worker) -> None:
@@ -133,6 +158,7 @@ class WorkerPool:
             dead.conn.close()
             self._workers[index] = _Worker(self._ctx, f"{self._name}-{index}")
             self.restarts += 1
+            self._feed(self._workers[index])
         log.warning("worker process died pool=%s exitcode=%s: replaced", self._name, dead.process.exitcode)
         if token is not None:
             self._report(token, None, WorkerDied(f"worker {self._name}-{index} died (exit code {dead.process.exitcode})"))
@@ -149,6 +175,7 @@ class WorkerPool:
         self._collector.join(POLL_S * 5)
         with self._lock:
             workers = list(self._workers)
+            self._queue.clear()
         for worker in workers:
             try:
                 worker.conn.send(None)

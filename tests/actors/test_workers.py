@@ -46,6 +46,29 @@ def test_a_busy_pool_refuses_more_work_instead_of_queueing(pool, results):
     assert pool.submit(3, operator.add, 1, 1)
 
 
+def test_a_queue_holds_calls_for_the_first_free_worker_and_is_bounded(results):
+    pool = WorkerPool(1, lambda token, result, error: results.put((token, result, error)), "test", queue=2)
+    try:
+        assert pool.submit("first", time.sleep, 0.5)
+        assert pool.submit("second", operator.add, 1, 1) and pool.submit("third", operator.add, 2, 2)
+        assert not pool.submit("fourth", operator.add, 3, 3)  # one running, two waiting: full
+        assert [results.get(timeout=30)[:2] for _ in range(3)] == [("first", None), ("second", 2), ("third", 4)]
+    finally:
+        pool.stop()
+
+
+def test_queued_calls_go_to_the_replacement_of_a_killed_worker(results):
+    pool = WorkerPool(1, lambda token, result, error: results.put((token, result, error)), "test", queue=1)
+    try:
+        assert pool.submit("doomed", time.sleep, 60) and pool.submit("waiting", operator.mul, 6, 7)
+        os.kill(pool._workers[0].process.pid, signal.SIGKILL)
+        token, _, error = results.get(timeout=30)
+        assert token == "doomed" and isinstance(error, WorkerDied)
+        assert results.get(timeout=30)[:2] == ("waiting", 42)
+    finally:
+        pool.stop()
+
+
 def test_an_exception_is_reported_and_the_worker_goes_on(pool, results):
     pool.submit("bad", int, "not a number")
     token, result, error = results.get(timeout=30)
