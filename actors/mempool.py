@@ -508,7 +508,10 @@ class MempoolActor(NodeActor):
         state is the last told tip's (else a later TipChanged is on its way: wait for it)."""
         if self.store.tip().hash != self._told.hash:
             return False
-        senders, returned = self._backlog_senders, self._backlog_returned
+        # Only senders with transactions pending here have anything to rebuild (during a
+        # sync: none, and reading thousands of accounts per block would be wasted).
+        senders = self._backlog_senders & self.pool.by_sender.keys()
+        returned = self._backlog_returned
         addresses = set(senders)
         for sender in senders:
             addresses.update(e.tx.recipient for e in self.pool.by_sender.get(sender, ()))
