@@ -106,6 +106,12 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
 
 def address_of(public: bytes) -> bytes:
     """The 20-byte account address of a public key."""
+    return _address_of(bytes(public))
+
+
+@functools.lru_cache(maxsize=65536)
+def _address_of(public: bytes) -> bytes:
+    # Asked for every transaction in every block and mempool check, of few distinct senders.
     return sha256(b"peerledger/address" + public)[:ADDRESS_SIZE]
 
 
