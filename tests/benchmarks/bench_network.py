@@ -13,7 +13,7 @@ a baseline measured in the same run.
    transactions (built beforehand into a store, cached between runs), against the raw
    2-process verify rate measured in alternating slices;
 3. end to end: a load generator process announces pre-signed transfers to the five nodes
-   over the wire (INV, GETDATA, TXS, as a peer relays its mempool) at 500 and 1,000 a second
+   over the wire (INV, GETDATA, TXS, as a peer relays its mempool) at 500, 1,000 and 1,200 a second
    for 60 s; the rate is what every node has confirmed over the time until the last one
    confirmed the last transaction;
 4. memory: VmRSS of each node process idle and under that load, children listed apart;
@@ -117,7 +117,9 @@ class Sizes:
     growth_segment: int  # blocks of 100 transactions synced on top of each history
 
 
-FULL = Sizes(idle_s=40, rates=(500, 1000), load_s=60, sync_blocks=5000, sync_txs=100, sync_rounds=2, growth=False,
+# 1,200 offered: counted to the last confirmation, a run shows at most what it offered less
+# one block interval of tail, so only an offer above 1,000 can show the stretch goal.
+FULL = Sizes(idle_s=40, rates=(500, 1000, 1200), load_s=60, sync_blocks=5000, sync_txs=100, sync_rounds=2, growth=False,
              growth_segment=300)
 QUICK = Sizes(idle_s=15, rates=(500, 1000), load_s=15, sync_blocks=1000, sync_txs=100, sync_rounds=1, growth=False,
               growth_segment=150)
@@ -602,7 +604,7 @@ def run_sync(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], re
             f"{result['seconds']:.1f} s -> {runs[-1]['rate']:,.0f} tx/s ({runs[-1]['cpu_rate']:,.0f}/cpu-s)")
     report["sync"] = {"rounds": runs, "baseline": base}
     rows.append(bn.alone("B: Ed25519 verify, 2-process pool", base, "sig/s"))
-    row = bn.compare(f"initial sync, {blocks:,} blocks x {per_block} txs, 1 peer", runs, "tx/s", "B", base, 0.7)
+    row = bn.compare(f"initial sync, {blocks:,} blocks x {per_block} txs, 1 peer", runs, "tx/s", "B", base, 0.8)
     row.detail["round_ratios"] = [round(r["rate"] / bn.total(base[2 * i : 2 * i + 2])["rate"], 3)
                                   for i, r in enumerate(runs)]
     rows.append(row)
