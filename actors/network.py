@@ -100,6 +100,8 @@ RELAY_CACHE_AGE_MS = 15 * 60_000
 REANNOUNCE_EVERY_MS = 30_000  # pending transactions this old are announced again to every peer
 TX_REQUEST_TIMEOUT_MS = 10_000
 MAX_TX_REQUESTS = 50_000
+LATE_TX_MEMORY = 50_000  # transaction requests remembered after we gave up on them...
+LATE_TX_WINDOW_MS = 120_000  # ...so that an answer this late is taken, not punished as unrequested
 RECENT_REJECTS = 20_000
 DIAL_TIMEOUT_MS = 20_000  # a non-seed address that does not connect in this time failed
 SEED_RETRY_MAX_MS = 30_000  # a seed that refused us is dialled again at least this often
@@ -197,6 +199,9 @@ class NetworkActor(NodeActor):
         self.seed_retry: dict[bytes, int] = {}  # seed key -> when to dial it again after a refusal (ms)
         self.relay: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (raw, added ms)
         self.tx_requests: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # txid -> (peer, ms)
+        # (txid, peer) -> when we gave up waiting (ms). On a lossy link TCP delivers a reply
+        # long after our timeout; only what was never asked is misbehaviour.
+        self.tx_given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
         self.rejected_txs = _LruSet(RECENT_REJECTS)
         self._last_persist_ms = 0
         self._last_reannounce_ms = 0
@@ -517,12 +522,20 @@ class NetworkActor(NodeActor):
             if request is not None and request[0] == session.key:
                 del self.tx_requests[txid]
                 requested.append(raw)
+            elif self._late_tx(txid, session.key, now):
+                if txid not in self.relay and txid not in self.tx_requests:
+                    requested.append(raw)  # still news to us: take it
             else:
                 unrequested += 1
         if unrequested:
             self._penalise(session.key, POINTS_UNREQUESTED, f"sent {unrequested} unrequested transactions", now)
         if requested:
             self.refs.tell("validation", TxsReceived(tuple(requested), session.key))
+
+    def _late_tx(self, txid: bytes, peer: bytes, now: int) -> bool:
+        """True (once) if `peer` answers a transaction request we gave up on not long ago."""
+        since = self.tx_given_up.pop((txid, peer), None)
+        return since is not None and now - since <= LATE_TX_WINDOW_MS
 
     def _on_getaddr(self, session: Session) -> None:
         if session.sent_addr:
@@ -667,10 +680,13 @@ class NetworkActor(NodeActor):
                 self.transport.send(session.key, Ping(session.ping_nonce))
             elif session.ping_nonce is not None and now - session.ping_sent_ms > s.ping_interval_s * 1000:
                 session.ping_nonce = None  # lost: ask again next time
-        for txid, (_peer, asked_ms) in list(self.tx_requests.items()):
+        for txid, (peer, asked_ms) in list(self.tx_requests.items()):
             if now - asked_ms < TX_REQUEST_TIMEOUT_MS:
                 break
             del self.tx_requests[txid]
+            self.tx_given_up[(txid, peer)] = now
+        while len(self.tx_given_up) > LATE_TX_MEMORY:
+            self.tx_given_up.popitem(last=False)
         while self.relay:
             txid, (_raw, added_ms) = next(iter(self.relay.items()))
             if now - added_ms < RELAY_CACHE_AGE_MS:

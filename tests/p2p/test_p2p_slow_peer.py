@@ -1,0 +1,47 @@
+"""A slow honest peer is not a hostile one.
+
+On a lossy link TCP keeps retransmitting, so the answer to a transaction request can arrive
+long after the node stopped waiting for it (TX_REQUEST_TIMEOUT_MS). The fault suite's 50%
+packet loss found nodes banning each other for "unrequested transactions" that were only
+late. A late answer to a request the node gave up on is taken without penalty; a transaction
+nobody asked for still costs points (tests/p2p/test_p2p_hostile_peer.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from actors.network import TX_REQUEST_TIMEOUT_MS
+from chain.tx import sign_tx
+from tests.helpers import wait_until
+from tests.nodes import FUNDED, P2P, merge
+from tests.p2p.hostile import connect, score_of
+from transport.messages import GetData, Inv, InvItem, InvKind, Txs
+
+# The shipped liveness settings: the client stays silent longer than the tests' usual 6 s.
+SHIPPED_LIVENESS = {"network": {"ping_interval_s": 10.0, "peer_timeout_s": 30.0}}
+
+
+def test_a_late_answer_to_a_transaction_request_is_taken_without_penalty(nodes):
+    victim = nodes.add_node(merge(P2P, SHIPPED_LIVENESS), name="victim")
+    nodes.start(victim)
+    params = nodes.params
+    client = connect(victim, params)
+    try:
+        assert client.handshake() == "ok"
+        client.hello(params)
+        wait_until(lambda: score_of(victim, client.node_id) is not None, 10, interval=0.05,
+                   message="the victim to list the client as a peer")
+        tx = sign_tx(FUNDED[2], params.network_id, nonce=0, fee=1000, recipient=FUNDED[3].address, amount=7)
+        client.send(Inv((InvItem(InvKind.TX, tx.id),)))
+        client.expect(GetData, lambda m: any(i.hash == tx.id for i in m.items))
+
+        time.sleep(TX_REQUEST_TIMEOUT_MS / 1000 + 3)  # the victim gives up on its request
+        client.send(Txs((tx.raw,)))
+
+        wait_until(lambda: victim.tx_status(tx.id.hex()) is not None, 15, interval=0.1,
+                   message="the victim to take the late transaction")
+        assert score_of(victim, client.node_id) == 0, "a late answer was punished as unrequested"
+        assert client.node_id not in victim.banned()
+    finally:
+        client.close()
