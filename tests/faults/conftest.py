@@ -32,7 +32,7 @@ class Profile:
     loss_s: float  # how long each packet-loss rate holds on every link
     flap_s: float  # how long links go down and up
     flap_period_s: float
-    pause_s: float  # SIGSTOP (longer than the peer timeout of 6 s)
+    pause_s: float  # SIGSTOP (longer than the peer timeout, the shipped 30 s: test_faults_links)
     skews_ms: tuple[int, ...]
     fuzz_frames: int
     consensus: dict[str, tuple[str, ...]]  # fault family -> engines it runs on
@@ -53,7 +53,7 @@ SHORT = Profile(
     loss_s=12.0,
     flap_s=15.0,
     flap_period_s=3.0,
-    pause_s=9.0,
+    pause_s=35.0,
     skews_ms=(30_000, -600_000),
     fuzz_frames=10_000,
     consensus={"crash": ("pow",), "partitions": ("pos",), "links": ("pow",), "disk": ("pow",),
@@ -68,7 +68,7 @@ LONG = Profile(
     loss_s=120.0,
     flap_s=180.0,
     flap_period_s=4.0,
-    pause_s=20.0,
+    pause_s=45.0,
     skews_ms=(30_000, -30_000, 600_000, -600_000),
     fuzz_frames=50_000,
     consensus={"crash": ("pow", "pos"), "partitions": ("pos", "pow"), "links": ("pow", "pos"),

@@ -83,7 +83,8 @@ POW_GENESIS: dict[str, Any] = {
 }
 POS_GENESIS: dict[str, Any] = {"max_reorg_depth": FINALITY["pos"]}
 
-# Fault networks notice a dead peer within seconds (ping every second, silent for 6 s: gone).
+# Fault networks notice a dead peer within seconds (ping every second, silent for 6 s: gone),
+# except the flaky-link ones, which keep the shipped settings (tests/faults/test_faults_links.py).
 NODE_CONFIG = merge(P2P, {"storage": {"map_size_mb": 32}, "producer": {"chunk_nonces": 20_000}})
 
 

@@ -1,4 +1,5 @@
-"""The fault matrix: one row per fault scenario run, written to tests/faults/RESULTS.md.
+"""The fault matrix: one row per fault scenario run, written to tests/faults/RESULTS.md (short
+profile) or RESULTS-long.md (long profile).
 
 Each test asks `results.row(fault, consensus, parameters)` for its row, calls
 `row.convergence(seconds)` after every heal, `row.note(...)` for figures worth reading,
@@ -16,7 +17,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")  # the short profile's, which CI runs
+RESULTS_PATHS = {"short": RESULTS_PATH, "long": Path(__file__).with_name("RESULTS-long.md")}
 
 
 @dataclasses.dataclass
@@ -111,6 +113,6 @@ class Results:
             return None
         complete = (self.tests_run and not self.modules_missing
                     and self.tests_selected == self.tests_defined == self.tests_run)
-        path = RESULTS_PATH if complete else (fallback_dir or Path("/tmp")) / "fault-RESULTS.partial.md"
+        path = RESULTS_PATHS[self.profile] if complete else (fallback_dir or Path("/tmp")) / "fault-RESULTS.partial.md"
         path.write_text(self.markdown())
         return path
