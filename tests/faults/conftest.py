@@ -135,7 +135,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.when == "call":
         _results.tests_run += 1
     if report.failed:
-        message = str(call.excinfo.value).strip().splitlines()[0] if call.excinfo else report.outcome
+        lines = str(call.excinfo.value).strip().splitlines() if call.excinfo else [report.outcome]
+        message = " / ".join(line.strip() for line in lines[:3])  # the checker's headline and first findings
         for row in getattr(item, "fault_rows", []):
             if row.outcome != "pass" or report.when == "call":
                 row.failed(message[:200])
