@@ -58,6 +58,7 @@ MAX_IN_FLIGHT = 128
 MAX_ORPHANS = 512
 MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 STRIKES_TO_DROP = 3
+MAX_LACKS = 4096  # NOTFOUND answers remembered per peer
 CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
 MAX_PLAN = 100_000  # blocks planned for download at once
 LATE_MEMORY = 4096  # requests remembered after we gave up on them (timed out, peer gone)...
@@ -78,7 +79,8 @@ class SyncPeer:
     best_weight: int
     headers_asked_ms: int = 0  # 0: no GETHEADERS outstanding
     in_flight: dict[bytes, int] = field(default_factory=dict)  # block hash -> asked at (ms)
-    strikes: int = 0
+    strikes: int = 0  # requests it let time out: a peer that keeps stalling is dropped
+    lacks: set[bytes] = field(default_factory=set)  # blocks it answered NOTFOUND for: not asked again
 
 
 @dataclass(slots=True)
@@ -171,6 +173,7 @@ class SyncActor(NodeActor):
             # Another HELLO from a peer we sync with (a link re-established, or links
             # crossing): its answers to what we asked may be on their way, keep expecting them.
             p.best_hash, p.best_height, p.best_weight = best_hash, best_height, best_weight
+            p.lacks.clear()
         _, best = self.store.best_header()
         if best_weight > best.weight and self.store.index_entry(best_hash) is None:
             self._ask_headers(p, now)
@@ -229,6 +232,7 @@ class SyncActor(NodeActor):
                 self.refs.tell("network", Penalise(peer, POINTS_INVALID_HEADERS, "sent headers that do not chain"))
                 return
         self.stats["headers_received"] += len(headers)
+        p.lacks.clear()  # it has moved on: what it lacked it may hold now
         last = headers[-1]
         if last.height > p.best_height:
             p.best_height, p.best_hash = last.height, last.hash
@@ -281,6 +285,7 @@ class SyncActor(NodeActor):
         p = self.peers.get(peer)
         if p is None:
             return
+        p.lacks.clear()  # it announces new blocks: what it lacked it may hold now
         wanted = []
         for block_hash in hashes:
             if block_hash in self.requested or block_hash in self.orphans or block_hash in self.validating:
@@ -293,14 +298,18 @@ class SyncActor(NodeActor):
             self._request(p, wanted[-MAX_IN_FLIGHT_PER_PEER:], now)
 
     def _on_not_found(self, peer: bytes, hashes: tuple[bytes, ...]) -> None:
+        """An honest answer (the peer is behind, or pruned that branch), not a stall: no strike,
+        but that peer is not asked for those blocks again. Dropping it instead cost a new
+        handshake, which on a lossy link left relay nodes without peers for a minute."""
         p = self.peers.get(peer)
         for block_hash in hashes:
             if self.requested.get(block_hash) == peer:
                 del self.requested[block_hash]
             if p is not None:
                 p.in_flight.pop(block_hash, None)
-        if p is not None:
-            p.strikes += 1
+                if len(p.lacks) >= MAX_LACKS:
+                    p.lacks.clear()
+                p.lacks.add(block_hash)
 
     def _request(self, p: SyncPeer, hashes: list[bytes], now: int) -> None:
         items = tuple(InvItem(InvKind.BLOCK, h) for h in hashes)
@@ -375,11 +384,13 @@ class SyncActor(NodeActor):
             if block_hash in self.requested or block_hash in self.orphans or block_hash in self.validating:
                 continue
             height = self._plan_start_height + offset
-            able = [k for k, p in self.peers.items() if p.best_height >= height and load[k] < MAX_IN_FLIGHT_PER_PEER]
-            if not able:
-                able = [k for k in self.peers if load[k] < MAX_IN_FLIGHT_PER_PEER]
-            if not able:
+            free = [k for k in self.peers if load[k] < MAX_IN_FLIGHT_PER_PEER]
+            if not free:
                 break
+            willing = [k for k in free if block_hash not in self.peers[k].lacks]
+            able = [k for k in willing if self.peers[k].best_height >= height] or willing
+            if not able:
+                continue  # every peer with room said it lacks this block: wait for news of it
             key = min(able, key=lambda k: (load[k], random.random()))
             batches.setdefault(key, []).append(block_hash)
             load[key] += 1
