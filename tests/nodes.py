@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import dataclasses
 import http.client
 import json
 import os
@@ -56,7 +57,7 @@ from chain.params import ChainParams
 from chain.tx import sign_tx
 from peerledger import keyfiles
 from peerledger.client import ApiClient, ApiClientError
-from peerledger.config import load_genesis
+from peerledger.config import NetworkSettings, load_genesis
 from storage.store import Store
 from tests.chainbuilder import key
 from tests.helpers import wait_until
@@ -106,6 +107,13 @@ P2P: dict[str, dict[str, Any]] = {
         "peer_timeout_s": 6.0,
         "handshake_timeout_s": 5.0,
     },
+}
+
+# Merge over P2P for scenarios that must run what users run: the shipped ping, peer and
+# handshake timeouts (a slow or lossy link, where P2P's seconds would drop live sessions).
+SHIPPED_LIVENESS: dict[str, dict[str, Any]] = {
+    "network": {f.name: f.default for f in dataclasses.fields(NetworkSettings)
+                if f.name in ("ping_interval_s", "peer_timeout_s", "handshake_timeout_s")},
 }
 
 # Who dials whom in `Network.add_nodes`: node i dials the nodes of these indexes.

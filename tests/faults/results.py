@@ -17,8 +17,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")  # the short profile's, which CI runs
-RESULTS_PATHS = {"short": RESULTS_PATH, "long": Path(__file__).with_name("RESULTS-long.md")}
+# profile -> its matrix (CI runs the short one)
+RESULTS_PATHS = {"short": Path(__file__).with_name("RESULTS.md"), "long": Path(__file__).with_name("RESULTS-long.md")}
 
 
 @dataclasses.dataclass

@@ -20,24 +20,21 @@ spend the whole fault in handshakes (the long profile's first run saw a relay no
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 
 import pytest
 
-from peerledger.config import NetworkSettings
 from tests.faults.harness import Cluster, running
+from tests.nodes import SHIPPED_LIVENESS
 
 FAMILY = "links"
-SHIPPED_LIVENESS = {f.name: f.default for f in dataclasses.fields(NetworkSettings)
-                    if f.name in ("ping_interval_s", "peer_timeout_s", "handshake_timeout_s")}
 
 
 @pytest.fixture(scope="module")
 def cluster(module_lab, module_dir, consensus, profile):
     c = Cluster.build(module_dir / consensus, consensus=consensus, finality=profile.finality[consensus],
-                      size=5, lab=module_lab, config={"network": SHIPPED_LIVENESS})
+                      size=5, lab=module_lab, config=SHIPPED_LIVENESS)
     try:
         c.start()
         yield c
@@ -90,7 +87,7 @@ def test_links_going_down_and_up(cluster, profile, row, consensus):
 
 
 def test_a_paused_producer_comes_back(cluster, profile, row, consensus):
-    timeout = SHIPPED_LIVENESS["peer_timeout_s"]
+    timeout = SHIPPED_LIVENESS["network"]["peer_timeout_s"]
     r = row("pause: SIGSTOP / SIGCONT", consensus, f"a producer stopped {profile.pause_s:g} s (peer timeout {timeout:g} s)")
     paused = cluster.producers[1]
     with running(cluster, r) as run:

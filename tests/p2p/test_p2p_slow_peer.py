@@ -14,15 +14,13 @@ import time
 from actors.network import TX_REQUEST_TIMEOUT_MS
 from chain.tx import sign_tx
 from tests.helpers import wait_until
-from tests.nodes import FUNDED, P2P, merge
+from tests.nodes import FUNDED, P2P, SHIPPED_LIVENESS, merge
 from tests.p2p.hostile import connect, score_of
 from transport.messages import GetData, Inv, InvItem, InvKind, Txs
 
-# The shipped liveness settings: the client stays silent longer than the tests' usual 6 s.
-SHIPPED_LIVENESS = {"network": {"ping_interval_s": 10.0, "peer_timeout_s": 30.0}}
-
 
 def test_a_late_answer_to_a_transaction_request_is_taken_without_penalty(nodes):
+    # Shipped timeouts: the client stays silent longer than P2P's 6 s peer timeout.
     victim = nodes.add_node(merge(P2P, SHIPPED_LIVENESS), name="victim")
     nodes.start(victim)
     params = nodes.params
