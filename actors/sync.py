@@ -12,6 +12,13 @@ has placed it, or BLOCK_TIMEOUT_MS); such blocks count against MAX_IN_FLIGHT, so
 validates slower than its peers send waits for its queue instead of refilling it.
 
 New blocks announced by inventory at the tip are fetched directly from the announcer.
+
+Hedged requests. A block that holds everything up - one announced at the tip, or one of the
+next few our chain needs - and that has not come `HEDGE_AFTER_MS` after we asked is asked of
+one more peer that announced it or claims it, up to `MAX_ASKERS` peers at once; the first
+answer wins and the others are taken without penalty if they come. On a lossy link TCP can
+sit in retransmission back-off for tens of seconds: waiting out BLOCK_TIMEOUT_MS for that
+one peer left relay nodes stuck while every other peer had the block.
 """
 
 from __future__ import annotations
@@ -58,6 +65,10 @@ MAX_IN_FLIGHT = 128
 MAX_ORPHANS = 512
 MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 STRIKES_TO_DROP = 3
+HEDGE_AFTER_MS = 2_000  # an urgent block not here this long after we asked: ask one more peer
+MAX_ASKERS = 3  # peers asked for one block at once
+HEDGE_WINDOW = 8  # the next blocks of the download plan that count as urgent
+MAX_ANNOUNCED = 1024  # blocks whose announcers we remember (the peers to hedge with)
 MAX_LACKS = 4096  # NOTFOUND answers remembered per peer
 CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
 MAX_PLAN = 100_000  # blocks planned for download at once
@@ -103,7 +114,8 @@ class SyncActor(NodeActor):
         self.clock = clock
         self.transport = transport
         self.peers: dict[bytes, SyncPeer] = {}
-        self.requested: dict[bytes, bytes] = {}  # block hash -> peer asked
+        self.requested: dict[bytes, list[bytes]] = {}  # block hash -> peers asked, first asked first
+        self._announcers: OrderedDict[bytes, list[bytes]] = OrderedDict()  # block hash -> peers that announced it
         self.validating: dict[bytes, int] = {}  # block hash -> when it went to validation (ms)
         self.orphans: OrderedDict[bytes, Orphan] = OrderedDict()
         self.orphan_bytes = 0
@@ -114,7 +126,8 @@ class SyncActor(NodeActor):
         # (peer, block hash or _HEADERS) -> when we gave up waiting (ms). A slow or reconnected
         # honest peer still delivers what we asked; only what was never asked is misbehaviour.
         self._given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
-        self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0}
+        self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0,
+                      "hedged": 0}
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -140,6 +153,7 @@ class SyncActor(NodeActor):
                 self._on_deferred(block, origin, error.code, now)
             case BlockStored(block_hash, _status):
                 self.validating.pop(block_hash, None)
+                self._announcers.pop(block_hash, None)
                 self._release_children(block_hash, now)
             case TipChanged():
                 pass
@@ -183,8 +197,7 @@ class SyncActor(NodeActor):
         if p is None:
             return
         for block_hash in p.in_flight:
-            if self.requested.get(block_hash) == peer:
-                del self.requested[block_hash]
+            self._unask(block_hash, peer)
             self._give_up(peer, block_hash, now)
         if p.headers_asked_ms:
             self._give_up(peer, _HEADERS, now)
@@ -262,15 +275,20 @@ class SyncActor(NodeActor):
             self.refs.tell("network", Penalise(peer, POINTS_MALFORMED, f"sent a malformed block ({e.message})"))
             return
         block_hash = header.hash
-        asked = self.requested.get(block_hash)
-        if asked != peer:
-            if self._late_answer(peer, block_hash, now):  # asked, then given up on: still useful
-                self.validating[block_hash] = now
-                self.refs.tell("validation", BlockReceived(raw, peer))
+        askers = self.requested.get(block_hash, ())
+        if peer not in askers:
+            if self._late_answer(peer, block_hash, now):  # asked, then given up on
+                if block_hash not in self.validating and not self._has_block(block_hash):
+                    self.validating[block_hash] = now  # still useful
+                    self.refs.tell("validation", BlockReceived(raw, peer))
                 return
             self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
             return
         del self.requested[block_hash]
+        for other in askers:  # hedged: the others' answers are late now, not unrequested
+            if other != peer and (q := self.peers.get(other)) is not None:
+                q.in_flight.pop(block_hash, None)
+                self._give_up(other, block_hash, now)
         p = self.peers.get(peer)
         if p is not None:
             p.in_flight.pop(block_hash, None)
@@ -288,6 +306,7 @@ class SyncActor(NodeActor):
         p.lacks.clear()  # it announces new blocks: what it lacked it may hold now
         wanted = []
         for block_hash in hashes:
+            self._remember_announcer(block_hash, peer)
             if block_hash in self.requested or block_hash in self.orphans or block_hash in self.validating:
                 continue
             entry = self.store.index_entry(block_hash)
@@ -303,8 +322,7 @@ class SyncActor(NodeActor):
         handshake, which on a lossy link left relay nodes without peers for a minute."""
         p = self.peers.get(peer)
         for block_hash in hashes:
-            if self.requested.get(block_hash) == peer:
-                del self.requested[block_hash]
+            self._unask(block_hash, peer)
             if p is not None:
                 p.in_flight.pop(block_hash, None)
                 if len(p.lacks) >= MAX_LACKS:
@@ -316,9 +334,47 @@ class SyncActor(NodeActor):
         if not self.transport.send(p.key, GetData(items)):
             return
         for block_hash in hashes:
-            self.requested[block_hash] = p.key
+            self.requested.setdefault(block_hash, []).append(p.key)
             p.in_flight[block_hash] = now
         self.stats["blocks_requested"] += len(hashes)
+
+    def _unask(self, block_hash: bytes, peer: bytes) -> None:
+        askers = self.requested.get(block_hash)
+        if askers is not None and peer in askers:
+            askers.remove(peer)
+            if not askers:
+                del self.requested[block_hash]
+
+    def _remember_announcer(self, block_hash: bytes, peer: bytes) -> None:
+        announcers = self._announcers.setdefault(block_hash, [])
+        self._announcers.move_to_end(block_hash)
+        if peer not in announcers and len(announcers) < MAX_ASKERS * 2:
+            announcers.append(peer)
+        while len(self._announcers) > MAX_ANNOUNCED:
+            self._announcers.popitem(last=False)
+
+    def _hedge(self, now: int) -> None:
+        """Ask one more peer for each urgent block that is late (see the module docstring)."""
+        urgent = set(islice(self._plan, HEDGE_WINDOW))
+        for block_hash, askers in list(self.requested.items()):
+            if len(askers) >= MAX_ASKERS:
+                continue
+            last = self.peers.get(askers[-1])
+            asked_ms = last.in_flight.get(block_hash) if last is not None else None
+            if asked_ms is None or now - asked_ms < HEDGE_AFTER_MS:
+                continue
+            entry = self.store.index_entry(block_hash)
+            if entry is not None and block_hash not in urgent:
+                continue  # deep in a download: the timeout and the stall rule deal with it
+            candidates = [k for k in self._announcers.get(block_hash, ()) if k not in askers and k in self.peers]
+            if not candidates and entry is not None:
+                candidates = [k for k, q in self.peers.items()
+                              if k not in askers and q.best_height >= entry.height and block_hash not in q.lacks]
+            candidates = [k for k in candidates if len(self.peers[k].in_flight) < MAX_IN_FLIGHT_PER_PEER]
+            if candidates:
+                key = min(candidates, key=lambda k: (len(self.peers[k].in_flight), random.random()))
+                self._request(self.peers[key], [block_hash], now)
+                self.stats["hedged"] += 1
 
     # --- orphans and blocks ahead of our clock ----------------------------------------------------
 
@@ -408,8 +464,7 @@ class SyncActor(NodeActor):
             late = [h for h, asked in p.in_flight.items() if now - asked > BLOCK_TIMEOUT_MS]
             for block_hash in late:
                 del p.in_flight[block_hash]
-                if self.requested.get(block_hash) == p.key:
-                    del self.requested[block_hash]
+                self._unask(block_hash, p.key)
                 self._give_up(p.key, block_hash, now)
             if late:
                 self.stats["timeouts"] += len(late)
@@ -418,10 +473,13 @@ class SyncActor(NodeActor):
                 p.headers_asked_ms = 0
                 p.strikes += 1
                 self._give_up(p.key, _HEADERS, now)
-            if p.strikes >= STRIKES_TO_DROP:
+            # The last peer is kept: dropping it leaves nobody to ask, and it would come back
+            # through a new handshake anyway (a dead one is found by the network's pings).
+            if p.strikes >= STRIKES_TO_DROP and len(self.peers) > 1:
                 log.info("peer stalls peer=%s late_answers=%d action=drop", peer_id(p.key), p.strikes)
                 self._forget_peer(p.key, now)
                 self.refs.tell("network", DropPeer(p.key, "stalled"))
+        self._hedge(now)
         # A block validation refused, or that storage found it already had, gets no answer:
         # after the timeout it may be asked for again (if storage did not mark it invalid).
         for block_hash, since in list(self.validating.items()):
