@@ -72,8 +72,9 @@ MAX_ANNOUNCED = 1024  # blocks whose announcers we remember (the peers to hedge 
 MAX_LACKS = 4096  # NOTFOUND answers remembered per peer
 CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
 MAX_PLAN = 100_000  # blocks planned for download at once
-LATE_MEMORY = 4096  # requests remembered after we gave up on them (timed out, peer gone)...
-LATE_WINDOW_MS = 120_000  # ...so that an answer this late is taken, not punished as unrequested
+LATE_WINDOW_MS = 120_000  # an answer this late to a request is taken, not punished as unrequested
+OWED_MEMORY = 16_384  # (peer, block) requests not yet answered, remembered up to LATE_WINDOW_MS
+LATE_MEMORY = 4096  # header requests given up on (timed out, peer gone), remembered as long
 _HEADERS = b"headers"  # the key of a GETHEADERS among the given-up requests
 
 POINTS_UNREQUESTED = 20
@@ -90,7 +91,8 @@ class SyncPeer:
     best_weight: int
     headers_asked_ms: int = 0  # 0: no GETHEADERS outstanding
     in_flight: dict[bytes, int] = field(default_factory=dict)  # block hash -> asked at (ms)
-    strikes: int = 0  # requests it let time out: a peer that keeps stalling is dropped
+    strikes: int = 0  # timeout windows it let pass without an answer: a peer that keeps stalling is dropped
+    last_strike_ms: int = 0
     lacks: set[bytes] = field(default_factory=set)  # blocks it answered NOTFOUND for: not asked again
 
 
@@ -123,8 +125,11 @@ class SyncActor(NodeActor):
         self._plan_start_height = 0
         self._plan_target = b""
         self._last_catchup_ms = 0
-        # (peer, block hash or _HEADERS) -> when we gave up waiting (ms). A slow or reconnected
-        # honest peer still delivers what we asked; only what was never asked is misbehaviour.
+        # A slow or reconnected honest peer still delivers what we asked, long after we stopped
+        # waiting or asked someone else; only what was never asked is misbehaviour. Blocks:
+        # (peer, block hash) -> (answers owed, last asked ms), one owed per GETDATA item sent.
+        # Headers: (peer, _HEADERS) -> when we gave up waiting (ms).
+        self._owed: OrderedDict[tuple[bytes, bytes], tuple[int, int]] = OrderedDict()
         self._given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
         self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0,
                       "hedged": 0}
@@ -147,7 +152,7 @@ class SyncActor(NodeActor):
             case BlocksAnnounced(peer, hashes):
                 self._on_announced(peer, hashes, now)
             case BlocksNotFound(peer, hashes):
-                self._on_not_found(peer, hashes)
+                self._on_not_found(peer, hashes, now)
             case BlockDeferred(block, origin, error):
                 self.validating.pop(block.hash, None)
                 self._on_deferred(block, origin, error.code, now)
@@ -198,7 +203,6 @@ class SyncActor(NodeActor):
             return
         for block_hash in p.in_flight:
             self._unask(block_hash, peer)
-            self._give_up(peer, block_hash, now)
         if p.headers_asked_ms:
             self._give_up(peer, _HEADERS, now)
 
@@ -213,6 +217,24 @@ class SyncActor(NodeActor):
         """True (once) if `peer` answers a request we gave up on not long ago."""
         since = self._given_up.pop((peer, what), None)
         return since is not None and now - since <= LATE_WINDOW_MS
+
+    def _owe(self, peer: bytes, block_hash: bytes, now: int) -> None:
+        key = (peer, block_hash)
+        count, _ = self._owed.pop(key, (0, 0))
+        self._owed[key] = (count + 1, now)
+        while len(self._owed) > OWED_MEMORY:
+            self._owed.popitem(last=False)
+
+    def _settle(self, peer: bytes, block_hash: bytes, now: int) -> bool:
+        """True if we asked `peer` for this block (in the last LATE_WINDOW_MS) and it had not
+        answered every time yet: this answer settles one request."""
+        key = (peer, block_hash)
+        owed = self._owed.pop(key, None)
+        if owed is None or now - owed[1] > LATE_WINDOW_MS:
+            return False
+        if owed[0] > 1:
+            self._owed[key] = (owed[0] - 1, owed[1])
+        return True
 
     def _ask_headers(self, p: SyncPeer, now: int, start: bytes | None = None) -> None:
         if p.headers_asked_ms:
@@ -275,20 +297,19 @@ class SyncActor(NodeActor):
             self.refs.tell("network", Penalise(peer, POINTS_MALFORMED, f"sent a malformed block ({e.message})"))
             return
         block_hash = header.hash
-        askers = self.requested.get(block_hash, ())
-        if peer not in askers:
-            if self._late_answer(peer, block_hash, now):  # asked, then given up on
-                if block_hash not in self.validating and not self._has_block(block_hash):
-                    self.validating[block_hash] = now  # still useful
-                    self.refs.tell("validation", BlockReceived(raw, peer))
-                return
+        if not self._settle(peer, block_hash, now):
             self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
             return
+        askers = self.requested.get(block_hash, ())
+        if peer not in askers:  # late: we stopped waiting for it, or another peer answered first
+            if block_hash not in self.validating and block_hash not in self.orphans and not self._has_block(block_hash):
+                self.validating[block_hash] = now  # still useful
+                self.refs.tell("validation", BlockReceived(raw, peer))
+            return
         del self.requested[block_hash]
-        for other in askers:  # hedged: the others' answers are late now, not unrequested
+        for other in askers:  # hedged: the others' answers will be late
             if other != peer and (q := self.peers.get(other)) is not None:
                 q.in_flight.pop(block_hash, None)
-                self._give_up(other, block_hash, now)
         p = self.peers.get(peer)
         if p is not None:
             p.in_flight.pop(block_hash, None)
@@ -316,12 +337,13 @@ class SyncActor(NodeActor):
         if wanted:
             self._request(p, wanted[-MAX_IN_FLIGHT_PER_PEER:], now)
 
-    def _on_not_found(self, peer: bytes, hashes: tuple[bytes, ...]) -> None:
+    def _on_not_found(self, peer: bytes, hashes: tuple[bytes, ...], now: int) -> None:
         """An honest answer (the peer is behind, or pruned that branch), not a stall: no strike,
         but that peer is not asked for those blocks again. Dropping it instead cost a new
         handshake, which on a lossy link left relay nodes without peers for a minute."""
         p = self.peers.get(peer)
         for block_hash in hashes:
+            self._settle(peer, block_hash, now)
             self._unask(block_hash, peer)
             if p is not None:
                 p.in_flight.pop(block_hash, None)
@@ -336,6 +358,7 @@ class SyncActor(NodeActor):
         for block_hash in hashes:
             self.requested.setdefault(block_hash, []).append(p.key)
             p.in_flight[block_hash] = now
+            self._owe(p.key, block_hash, now)
         self.stats["blocks_requested"] += len(hashes)
 
     def _unask(self, block_hash: bytes, peer: bytes) -> None:
@@ -453,6 +476,14 @@ class SyncActor(NodeActor):
         for key, hashes in batches.items():
             self._request(self.peers[key], hashes, now)
 
+    @staticmethod
+    def _strike(p: SyncPeer, now: int) -> None:
+        """One strike per timeout window at most: requests sent a second apart that time out a
+        second apart are one stall, not several (it dropped peers on a lossy link in seconds)."""
+        if now - p.last_strike_ms >= BLOCK_TIMEOUT_MS:
+            p.strikes += 1
+            p.last_strike_ms = now
+
     def _has_block(self, block_hash: bytes) -> bool:
         entry = self.store.index_entry(block_hash)
         return entry is not None and (entry.has_block or entry.invalid)
@@ -465,13 +496,12 @@ class SyncActor(NodeActor):
             for block_hash in late:
                 del p.in_flight[block_hash]
                 self._unask(block_hash, p.key)
-                self._give_up(p.key, block_hash, now)
             if late:
                 self.stats["timeouts"] += len(late)
-                p.strikes += 1
+                self._strike(p, now)
             if p.headers_asked_ms and now - p.headers_asked_ms > HEADERS_TIMEOUT_MS:
                 p.headers_asked_ms = 0
-                p.strikes += 1
+                self._strike(p, now)
                 self._give_up(p.key, _HEADERS, now)
             # The last peer is kept: dropping it leaves nobody to ask, and it would come back
             # through a new handshake anyway (a dead one is found by the network's pings).

@@ -4,7 +4,8 @@ On a lossy link TCP keeps retransmitting, so the answer to a transaction request
 long after the node stopped waiting for it (TX_REQUEST_TIMEOUT_MS). The fault suite's 50%
 packet loss found nodes banning each other for "unrequested transactions" that were only
 late. A late answer to a request the node gave up on is taken without penalty; a transaction
-nobody asked for still costs points (tests/p2p/test_p2p_hostile_peer.py).
+nobody asked for still costs points (tests/p2p/test_p2p_hostile_peer.py). Blocks the same:
+every time the node asks a peer for a block, that peer may answer once, however late.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import time
 
 from actors.network import TX_REQUEST_TIMEOUT_MS
+from actors.sync import BLOCK_TIMEOUT_MS, POINTS_UNREQUESTED
 from chain.tx import sign_tx
 from tests.helpers import wait_until
 from tests.nodes import FUNDED, P2P, SHIPPED_LIVENESS, merge
-from tests.p2p.hostile import connect, score_of
+from tests.p2p.hostile import block_on_genesis, connect, score_of
+from transport.messages import Block as BlockMessage
 from transport.messages import GetData, Inv, InvItem, InvKind, Txs
 
 
@@ -41,5 +44,38 @@ def test_a_late_answer_to_a_transaction_request_is_taken_without_penalty(nodes):
                    message="the victim to take the late transaction")
         assert score_of(victim, client.node_id) == 0, "a late answer was punished as unrequested"
         assert client.node_id not in victim.banned()
+    finally:
+        client.close()
+
+
+def test_every_request_for_a_block_may_be_answered_once_however_late(nodes):
+    victim = nodes.add_node(merge(merge(P2P, SHIPPED_LIVENESS), {"producer": {"enabled": False}}), name="victim")
+    nodes.start(victim)
+    params = nodes.params
+    block = block_on_genesis(params)
+    announce = Inv((InvItem(InvKind.BLOCK, block.hash),))
+    asks_for_it = lambda m: any(i.hash == block.hash for i in m.items)  # noqa: E731
+    client = connect(victim, params)
+    try:
+        assert client.handshake() == "ok"
+        client.hello(params)
+        wait_until(lambda: score_of(victim, client.node_id) is not None, 10, interval=0.05,
+                   message="the victim to list the client as a peer")
+        # Asked, not answered in time, announced again: three times (TCP under heavy loss).
+        for attempt in range(3):
+            client.send(announce)
+            client.expect(GetData, asks_for_it)
+            if attempt < 2:
+                time.sleep(BLOCK_TIMEOUT_MS / 1000 + 2)
+
+        for _ in range(3):
+            client.send(BlockMessage(block.raw))  # the answers to the three requests, late
+        wait_until(lambda: victim.height() == 1, 10, interval=0.1, message="the victim to take the block")
+        time.sleep(1.0)
+        assert score_of(victim, client.node_id) == 0, "an answer to a request was punished as unrequested"
+
+        client.send(BlockMessage(block.raw))  # a third copy: never asked for
+        wait_until(lambda: score_of(victim, client.node_id) == POINTS_UNREQUESTED, 10, interval=0.1,
+                   message="the victim to penalise the copy it never asked for")
     finally:
         client.close()
