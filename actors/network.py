@@ -14,7 +14,9 @@ Messages that arrive before the handshake are ignored and answered with our HELL
 Relay. Accepted transactions are announced by inventory in batches (flushed every
 `INV_FLUSH_S`), never echoed to the peer they came from or to a peer known to have them;
 peers fetch them with GETDATA from a bounded relay cache. A peer may only send us the
-transactions and blocks we asked for.
+transactions we asked for. A new tip block is pushed whole to every peer not known to have
+it when it is small (`PUSH_MAX_BYTES`): one message instead of INV, GETDATA and BLOCK, each
+of which a lossy link may hold back for seconds; larger blocks are announced by inventory.
 
 Misbehaviour. Malformed frames, invalid objects and unrequested data add points to the
 peer's score; at `ban_threshold` the peer is banned for `ban_seconds`, persisted, and its
@@ -24,6 +26,7 @@ nonce, a full mempool) costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -54,8 +57,9 @@ from actors.messages import (
     TxsReceived,
 )
 from actors.peerbook import AddressBook
+from chain.block import decode_header_at
 from chain.encoding import sha256
-from chain.errors import Code
+from chain.errors import Code, DecodeError
 from chain.params import ChainParams
 from storage.store import Store
 from transport.events import AuthRefused, LinkDown, LinkUp, Received, Rejected
@@ -93,6 +97,7 @@ HELLO_ECHO_WINDOW_MS = 2_000
 # whatever its size: at 50 ms a node under load handled about one message per
 # transaction. A block waits for nothing: it is announced at once.
 INV_FLUSH_S = 0.2
+PUSH_MAX_BYTES = 64 * 1024  # a new tip block this small is sent whole, not announced
 MAX_INV_QUEUE = 10_000  # announcements waiting for one peer; oldest dropped beyond
 KNOWN_INV = 20_000  # ids remembered per peer as already known to it
 RELAY_CACHE_TXS = 50_000
@@ -209,7 +214,7 @@ class NetworkActor(NodeActor):
         self._flusher_stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.counters = {"banned": 0, "misbehaviours": 0, "inbound_refused": 0, "txs_relayed": 0,
-                         "blocks_announced": 0}
+                         "blocks_announced": 0, "blocks_pushed": 0}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -449,6 +454,8 @@ class NetworkActor(NodeActor):
             case Txs(raws):
                 self._on_txs(session, raws, now)
             case BlockMessage(raw):
+                with contextlib.suppress(DecodeError):  # the sync actor judges a malformed block
+                    session.known.add(decode_header_at(raw, 0)[0].hash)
                 self.refs.tell("sync", BlockArrived(peer, raw))
             case GetHeaders(locator, stop_hash):
                 headers = self.store.headers_after(list(locator), stop_hash, MAX_HEADERS)
@@ -603,16 +610,27 @@ class NetworkActor(NodeActor):
     def _announce_blocks(self, connected: tuple) -> None:
         if not connected:
             return
+        tip = connected[-1]
+        push = tip.size <= PUSH_MAX_BYTES
         # After a long sync only the tip is worth announcing; peers fetch the rest by headers.
         announce = [b.hash for b in connected[-8:]]
+        if push:
+            announce.pop()
+        push_to: list[bytes] = []
         for session in self.sessions.values():
             if not session.ready:
                 continue
+            if push and tip.hash not in session.known:
+                session.known.add(tip.hash)
+                push_to.append(session.key)
             items = tuple(InvItem(InvKind.BLOCK, h) for h in announce if h not in session.known)
             if items:
                 for h in announce:
                     session.known.add(h)
                 self.transport.send(session.key, Inv(items))
+        if push_to:
+            self.transport.send_many(push_to, BlockMessage(tip.raw))
+            self.counters["blocks_pushed"] += len(push_to)
         self.counters["blocks_announced"] += len(announce)
 
     # --- misbehaviour, drops, bans -----------------------------------------------------------------

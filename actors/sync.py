@@ -11,7 +11,11 @@ that arrived is not asked for again while validation and storage work on it (unt
 has placed it, or BLOCK_TIMEOUT_MS); such blocks count against MAX_IN_FLIGHT, so a node that
 validates slower than its peers send waits for its queue instead of refilling it.
 
-New blocks announced by inventory at the tip are fetched directly from the announcer.
+New blocks announced by inventory at the tip are fetched directly from the announcer. A
+peer may also push a new block unasked (the network actor pushes small tip blocks): it is
+taken if it extends a block we have, and otherwise tells us that peer is ahead (we ask it
+for headers). A block we already have costs nothing, whoever sends it: duplicates are what
+pushes, hedged requests and late answers produce. Invalid blocks are punished by validation.
 
 Hedged requests. A block that holds everything up - one announced at the tip, or one of the
 next few our chain needs - and that has not come `HEDGE_AFTER_MS` after we asked is asked of
@@ -297,22 +301,21 @@ class SyncActor(NodeActor):
             self.refs.tell("network", Penalise(peer, POINTS_MALFORMED, f"sent a malformed block ({e.message})"))
             return
         block_hash = header.hash
-        if not self._settle(peer, block_hash, now):
-            self.refs.tell("network", Penalise(peer, POINTS_UNREQUESTED, "sent an unrequested block"))
+        owed = self._settle(peer, block_hash, now)
+        if block_hash in self.validating or block_hash in self.orphans or self._has_block(block_hash):
+            self._unrequest(block_hash)  # a duplicate, or an answer after another peer's
             return
-        askers = self.requested.get(block_hash, ())
-        if peer not in askers:  # late: we stopped waiting for it, or another peer answered first
-            if block_hash not in self.validating and block_hash not in self.orphans and not self._has_block(block_hash):
-                self.validating[block_hash] = now  # still useful
-                self.refs.tell("validation", BlockReceived(raw, peer))
-            return
-        del self.requested[block_hash]
-        for other in askers:  # hedged: the others' answers will be late
-            if other != peer and (q := self.peers.get(other)) is not None:
-                q.in_flight.pop(block_hash, None)
+        if not owed and block_hash not in self.requested:
+            prev = header.prev_hash
+            if not (prev in self.validating or prev in self.orphans or self._has_block(prev)):
+                # Pushed, and ahead of us: fetch what leads to it rather than hold an orphan
+                # nobody asked for.
+                if (p := self.peers.get(peer)) is not None:
+                    self._ask_headers(p, now)
+                return
+        self._unrequest(block_hash)
         p = self.peers.get(peer)
         if p is not None:
-            p.in_flight.pop(block_hash, None)
             p.strikes = 0
             if header.height > p.best_height:
                 p.best_height, p.best_hash = header.height, block_hash
@@ -360,6 +363,12 @@ class SyncActor(NodeActor):
             p.in_flight[block_hash] = now
             self._owe(p.key, block_hash, now)
         self.stats["blocks_requested"] += len(hashes)
+
+    def _unrequest(self, block_hash: bytes) -> None:
+        """Stop waiting for `block_hash` from everyone asked (their answers will be late)."""
+        for key in self.requested.pop(block_hash, ()):
+            if (q := self.peers.get(key)) is not None:
+                q.in_flight.pop(block_hash, None)
 
     def _unask(self, block_hash: bytes, peer: bytes) -> None:
         askers = self.requested.get(block_hash)

@@ -20,7 +20,7 @@ Metric names are stable (configs/grafana-dashboard.json uses them):
     peerledger_tx_validation_seconds{stage="verify"|"admit"}           histogram
     peerledger_blocks_{connected,disconnected,rejected}_total, peerledger_blocks_invalid_total
     peerledger_reorgs_total, peerledger_reorgs_refused_total, peerledger_reorg_depth (histogram)
-    peerledger_sync_{blocks_requested,blocks_received,headers_received,timeouts}_total,
+    peerledger_sync_{blocks_requested,blocks_received,headers_received,timeouts,hedged}_total,
     peerledger_sync_orphans, peerledger_sync_in_flight
     peerledger_transport_messages_total{type,direction}, peerledger_transport_bytes_total{type,direction}
     peerledger_transport_drops_total{reason}, peerledger_transport_rejected_total{reason},
@@ -166,6 +166,7 @@ def render(node: Any, node_id: bytes, version: str) -> str:
         out.counter("sync_blocks_received_total", "requested blocks received", sync["blocks_received"])
         out.counter("sync_headers_received_total", "headers received", sync["headers_received"])
         out.counter("sync_timeouts_total", "block requests that timed out", sync["timeouts"])
+        out.counter("sync_hedged_total", "late urgent blocks asked of one more peer", sync["hedged"])
         out.gauge("sync_orphans", "blocks waiting for their parent", sync["orphans"])
         out.gauge("sync_in_flight", "blocks asked and not yet received", sync["in_flight"])
     out.gauge("tip_timestamp_seconds", "timestamp of the tip block (Unix seconds)", tip.timestamp_ms / 1000)
