@@ -73,7 +73,8 @@ HEDGE_AFTER_MS = 2_000  # an urgent block not here this long after we asked: ask
 MAX_ASKERS = 3  # peers asked for one block at once
 HEDGE_WINDOW = 8  # the next blocks of the download plan that count as urgent
 MAX_ANNOUNCED = 1024  # blocks whose announcers we remember (the peers to hedge with)
-MAX_LACKS = 4096  # NOTFOUND answers remembered per peer
+MAX_LACKS = 4096  # NOTFOUND answers remembered per peer...
+LACKS_FORGET_MS = 10_000  # ...this long at most: it may have the block by then
 CATCHUP_EVERY_MS = 20_000  # ask a peer for headers now and then, in case we missed a tip
 MAX_PLAN = 100_000  # blocks planned for download at once
 LATE_WINDOW_MS = 120_000  # an answer this late to a request is taken, not punished as unrequested
@@ -97,7 +98,12 @@ class SyncPeer:
     in_flight: dict[bytes, int] = field(default_factory=dict)  # block hash -> asked at (ms)
     strikes: int = 0  # timeout windows it let pass without an answer: a peer that keeps stalling is dropped
     last_strike_ms: int = 0
-    lacks: set[bytes] = field(default_factory=set)  # blocks it answered NOTFOUND for: not asked again
+    lacks: dict[bytes, int] = field(default_factory=dict)  # block hash -> when it answered NOTFOUND (ms)
+
+    def may_have(self, block_hash: bytes, now: int) -> bool:
+        """False if it said it lacks this block in the last LACKS_FORGET_MS (news of it clears that)."""
+        since = self.lacks.get(block_hash)
+        return since is None or now - since > LACKS_FORGET_MS
 
 
 @dataclass(slots=True)
@@ -342,8 +348,10 @@ class SyncActor(NodeActor):
 
     def _on_not_found(self, peer: bytes, hashes: tuple[bytes, ...], now: int) -> None:
         """An honest answer (the peer is behind, or pruned that branch), not a stall: no strike,
-        but that peer is not asked for those blocks again. Dropping it instead cost a new
-        handshake, which on a lossy link left relay nodes without peers for a minute."""
+        but that peer is not asked for those blocks again for a while (LACKS_FORGET_MS, or until
+        it sends news). Dropping it instead cost a new handshake, which on a lossy link left relay
+        nodes without peers for a minute; remembering it for good left them without a block
+        nobody else had been asked for (new blocks are pushed now, not announced)."""
         p = self.peers.get(peer)
         for block_hash in hashes:
             self._settle(peer, block_hash, now)
@@ -352,7 +360,7 @@ class SyncActor(NodeActor):
                 p.in_flight.pop(block_hash, None)
                 if len(p.lacks) >= MAX_LACKS:
                     p.lacks.clear()
-                p.lacks.add(block_hash)
+                p.lacks[block_hash] = now
 
     def _request(self, p: SyncPeer, hashes: list[bytes], now: int) -> None:
         items = tuple(InvItem(InvKind.BLOCK, h) for h in hashes)
@@ -401,7 +409,7 @@ class SyncActor(NodeActor):
             candidates = [k for k in self._announcers.get(block_hash, ()) if k not in askers and k in self.peers]
             if not candidates and entry is not None:
                 candidates = [k for k, q in self.peers.items()
-                              if k not in askers and q.best_height >= entry.height and block_hash not in q.lacks]
+                              if k not in askers and q.best_height >= entry.height and q.may_have(block_hash, now)]
             candidates = [k for k in candidates if len(self.peers[k].in_flight) < MAX_IN_FLIGHT_PER_PEER]
             if candidates:
                 key = min(candidates, key=lambda k: (len(self.peers[k].in_flight), random.random()))
@@ -475,7 +483,7 @@ class SyncActor(NodeActor):
             free = [k for k in self.peers if load[k] < MAX_IN_FLIGHT_PER_PEER]
             if not free:
                 break
-            willing = [k for k in free if block_hash not in self.peers[k].lacks]
+            willing = [k for k in free if self.peers[k].may_have(block_hash, now)]
             able = [k for k in willing if self.peers[k].best_height >= height] or willing
             if not able:
                 continue  # every peer with room said it lacks this block: wait for news of it
