@@ -98,6 +98,7 @@ class SyncPeer:
     in_flight: dict[bytes, int] = field(default_factory=dict)  # block hash -> asked at (ms)
     strikes: int = 0  # timeout windows it let pass without an answer: a peer that keeps stalling is dropped
     last_strike_ms: int = 0
+    last_block_ms: int = 0  # when a block last came from it: its link works
     lacks: dict[bytes, int] = field(default_factory=dict)  # block hash -> when it answered NOTFOUND (ms)
 
     def may_have(self, block_hash: bytes, now: int) -> bool:
@@ -308,6 +309,8 @@ class SyncActor(NodeActor):
             return
         block_hash = header.hash
         owed = self._settle(peer, block_hash, now)
+        if (sender := self.peers.get(peer)) is not None:
+            sender.last_block_ms = now
         if block_hash in self.validating or block_hash in self.orphans or self._has_block(block_hash):
             self._unrequest(block_hash)  # a duplicate, or an answer after another peer's
             return
@@ -410,9 +413,11 @@ class SyncActor(NodeActor):
             if not candidates and entry is not None:
                 candidates = [k for k, q in self.peers.items()
                               if k not in askers and q.best_height >= entry.height and q.may_have(block_hash, now)]
-            candidates = [k for k in candidates if len(self.peers[k].in_flight) < MAX_IN_FLIGHT_PER_PEER]
             if candidates:
-                key = min(candidates, key=lambda k: (len(self.peers[k].in_flight), random.random()))
+                # Not held to MAX_IN_FLIGHT_PER_PEER: under loss every peer's queue may be full of
+                # requests its link holds back. The peer whose link carried a block last goes first.
+                key = min(candidates, key=lambda k: (-self.peers[k].last_block_ms, len(self.peers[k].in_flight),
+                                                     random.random()))
                 self._request(self.peers[key], [block_hash], now)
                 self.stats["hedged"] += 1
 
