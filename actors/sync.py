@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_TIMEOUT_MS = 15_000
 HEADERS_TIMEOUT_MS = 15_000
-MAX_IN_FLIGHT_PER_PEER = 16
+MAX_IN_FLIGHT_PER_PEER = 32  # a sync from one peer keeps its verify workers fed (16 left them idle)
 MAX_IN_FLIGHT = 128
 MAX_ORPHANS = 512
 MAX_ORPHAN_BYTES = 64 * 1024 * 1024
