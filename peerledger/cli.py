@@ -36,6 +36,7 @@ from chain.tx import BOND, TRANSFER, UNBOND, sign_tx
 from peerledger import console, keyfiles
 from peerledger.client import ApiClient, ApiClientError
 from peerledger.config import ConfigError, Settings, load_genesis, load_settings, render_settings, split_host_port
+from transport.loop import TransportError
 
 log = logging.getLogger("peerledger")
 
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     except ApiClientError as e:
         print(f"peerledger: {e.message} ({e.code})", file=sys.stderr)
         return EXIT_FAILED
-    except (ChainError, keyfiles.KeyFileError, OSError) as e:
+    except (ChainError, keyfiles.KeyFileError, TransportError, OSError) as e:
         print(f"peerledger: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

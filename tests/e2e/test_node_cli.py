@@ -23,6 +23,7 @@ from tests.nodes import (
     ALLOCATION,
     CLI_TIMEOUT_S,
     FUNDED,
+    P2P,
     NodeProcess,
     children_of,
     peerledger,
@@ -444,6 +445,21 @@ def test_a_second_node_on_the_same_data_dir_fails_fast_and_the_first_keeps_runni
     # Once the first has stopped, the directory is free again.
     second.start()
     assert second.height() >= height + 2
+
+
+def test_a_peer_port_taken_by_another_program_fails_in_one_line(nodes):
+    node = nodes.add_node(P2P)
+    node.cli("init")
+    host, port = node.listen_address
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((host, port))
+        squatter.listen()
+        result = node.cli("run", check=False, timeout=30)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert f"cannot listen on {host}:{port}" in result.stderr, result.stderr
+    assert "Address already in use" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- stopping
