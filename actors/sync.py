@@ -137,9 +137,11 @@ class SyncActor(NodeActor):
         self._plan_target = b""
         self._last_catchup_ms = 0
         # A slow or reconnected honest peer still delivers what we asked, long after we stopped
-        # waiting or asked someone else; only what was never asked is misbehaviour. Blocks:
-        # (peer, block hash) -> (answers owed, last asked ms), one owed per GETDATA item sent.
-        # Headers: (peer, _HEADERS) -> when we gave up waiting (ms).
+        # waiting or asked someone else. Blocks: (peer, block hash) -> (answers owed, last asked
+        # ms), one owed per GETDATA item sent: an answer owed is taken even if its parent is
+        # missing (it waits among the orphans); a block nobody asked for is taken only when it
+        # extends what we have. Headers: (peer, _HEADERS) -> when we gave up waiting (ms), so that
+        # late headers are not punished as unrequested.
         self._owed: OrderedDict[tuple[bytes, bytes], tuple[int, int]] = OrderedDict()
         self._given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
         self.stats = {"blocks_requested": 0, "blocks_received": 0, "timeouts": 0, "headers_received": 0,
