@@ -8,7 +8,7 @@ for something, so that it is judged on what it sends, not dropped for being sile
 
 The `frames` helpers build the broken frames, and `blocks` the invalid blocks (bad proof
 of work, a bad signature inside an otherwise valid block) a hostile node would offer.
-`connect` dials a victim node, `offer_block` hands it a block the way a peer does (INV,
+`connect` dials a victim node, `join` dials it and completes the handshake, `offer_block` hands it a block the way a peer does (INV,
 GETDATA, BLOCK), and `peer_entry`, `score_of` and `scored_or_banned` read what the victim
 holds against a client (GET /peers).
 """
@@ -195,6 +195,22 @@ def connect(victim: NodeProcess, params: ChainParams, keypair: tuple[bytes, byte
     """A HostileClient dialling `victim`'s peer port (its own fresh key unless `keypair`)."""
     host, port = victim.listen_address
     return HostileClient(victim.key, host, port, params.network_magic, keypair=keypair)
+
+
+def join(victim: NodeProcess, params: ChainParams) -> HostileClient:
+    """A client that dialled `victim`, said hello, and that `victim` lists as a peer (GET /peers)."""
+    client = connect(victim, params)
+    try:
+        assert client.handshake() == "ok"
+        client.hello(params)
+        deadline = time.monotonic() + WAIT_S
+        while score_of(victim, client.node_id) is None:
+            assert time.monotonic() < deadline, f"{victim.name} did not list the client as a peer within {WAIT_S:g} s"
+            time.sleep(0.05)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def offer_block(client: HostileClient, block: Block) -> None:

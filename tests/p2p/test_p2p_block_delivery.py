@@ -19,7 +19,7 @@ import time
 from actors.sync import BLOCK_TIMEOUT_MS, HEDGE_AFTER_MS
 from tests.helpers import wait_until
 from tests.nodes import P2P, SHIPPED_LIVENESS, merge
-from tests.p2p.hostile import block_on_genesis, connect, score_of
+from tests.p2p.hostile import block_on_genesis, join, score_of
 from transport.messages import Block as BlockMessage
 from transport.messages import GetData, Inv, InvItem, InvKind
 
@@ -33,14 +33,10 @@ def test_a_withheld_block_is_asked_of_another_peer_that_announced_it(nodes):
     announce = Inv((InvItem(InvKind.BLOCK, block.hash),))
     asks_for_it = lambda m: any(i.hash == block.hash for i in m.items)  # noqa: E731
 
-    withholder, honest = connect(victim, params), connect(victim, params)
+    withholder = join(victim, params)
+    honest = None
     try:
-        for client in (withholder, honest):
-            assert client.handshake() == "ok"
-            client.hello(params)
-            wait_until(lambda c=client: score_of(victim, c.node_id) is not None, 10, interval=0.05,
-                       message="the victim to list the client as a peer")
-
+        honest = join(victim, params)
         withholder.send(announce)
         withholder.expect(GetData, asks_for_it)
         asked_at = time.monotonic()
@@ -58,7 +54,8 @@ def test_a_withheld_block_is_asked_of_another_peer_that_announced_it(nodes):
         assert score_of(victim, honest.node_id) == 0
     finally:
         withholder.close()
-        honest.close()
+        if honest is not None:
+            honest.close()
 
 
 def test_a_pushed_block_is_taken_and_pushed_on(nodes):
@@ -70,12 +67,8 @@ def test_a_pushed_block_is_taken_and_pushed_on(nodes):
     nodes.wait_ready_peers(victim, [other])
     params = nodes.params
     block = block_on_genesis(params)
-    client = connect(victim, params)
+    client = join(victim, params)
     try:
-        assert client.handshake() == "ok"
-        client.hello(params)
-        wait_until(lambda: score_of(victim, client.node_id) is not None, 10, interval=0.05,
-                   message="the victim to list the client as a peer")
         client.send(BlockMessage(block.raw))  # never announced
         for node in (victim, other):
             wait_until(lambda node=node: node.height() == 1, 15, interval=0.1,

@@ -18,7 +18,7 @@ from actors.sync import BLOCK_TIMEOUT_MS
 from chain.tx import sign_tx
 from tests.helpers import wait_until
 from tests.nodes import FUNDED, P2P, SHIPPED_LIVENESS, merge
-from tests.p2p.hostile import block_on_genesis, connect, score_of
+from tests.p2p.hostile import block_on_genesis, join, score_of
 from transport.messages import Block as BlockMessage
 from transport.messages import GetData, Inv, InvItem, InvKind, Txs
 
@@ -28,12 +28,8 @@ def test_a_late_answer_to_a_transaction_request_is_taken_without_penalty(nodes):
     victim = nodes.add_node(merge(P2P, SHIPPED_LIVENESS), name="victim")
     nodes.start(victim)
     params = nodes.params
-    client = connect(victim, params)
+    client = join(victim, params)
     try:
-        assert client.handshake() == "ok"
-        client.hello(params)
-        wait_until(lambda: score_of(victim, client.node_id) is not None, 10, interval=0.05,
-                   message="the victim to list the client as a peer")
         tx = sign_tx(FUNDED[2], params.network_id, nonce=0, fee=1000, recipient=FUNDED[3].address, amount=7)
         client.send(Inv((InvItem(InvKind.TX, tx.id),)))
         client.expect(GetData, lambda m: any(i.hash == tx.id for i in m.items))
@@ -56,12 +52,8 @@ def test_every_request_for_a_block_may_be_answered_once_however_late(nodes):
     block = block_on_genesis(params)
     announce = Inv((InvItem(InvKind.BLOCK, block.hash),))
     asks_for_it = lambda m: any(i.hash == block.hash for i in m.items)  # noqa: E731
-    client = connect(victim, params)
+    client = join(victim, params)
     try:
-        assert client.handshake() == "ok"
-        client.hello(params)
-        wait_until(lambda: score_of(victim, client.node_id) is not None, 10, interval=0.05,
-                   message="the victim to list the client as a peer")
         # Asked, not answered in time, announced again: three times (TCP under heavy loss).
         for attempt in range(3):
             client.send(announce)
