@@ -311,8 +311,9 @@ class SyncActor(NodeActor):
             return
         block_hash = header.hash
         owed = self._settle(peer, block_hash, now)
-        if (sender := self.peers.get(peer)) is not None:
-            sender.last_block_ms = now
+        p = self.peers.get(peer)
+        if p is not None:
+            p.last_block_ms = now
         if block_hash in self.validating or block_hash in self.orphans or self._has_block(block_hash):
             self._unrequest(block_hash)  # a duplicate, or an answer after another peer's
             return
@@ -321,11 +322,10 @@ class SyncActor(NodeActor):
             if not (prev in self.validating or prev in self.orphans or self._has_block(prev)):
                 # Pushed, and ahead of us: fetch what leads to it rather than hold an orphan
                 # nobody asked for.
-                if (p := self.peers.get(peer)) is not None:
+                if p is not None:
                     self._ask_headers(p, now)
                 return
         self._unrequest(block_hash)
-        p = self.peers.get(peer)
         if p is not None:
             p.strikes = 0
             if header.height > p.best_height:
