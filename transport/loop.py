@@ -63,6 +63,17 @@ that long aborts the connection): a dead inbound connection goes away by itself,
 dead outbound one is redialled. Peers that stop answering are dropped by the network
 actor's own ping and peer timeout, whatever TCP does.
 
+Lossy links: a node's links carry few packets at a time, and under heavy loss (a radio
+link in the field) the kernel's exponential retransmission back-off leaves a link silent
+for 10-30 s after a few losses in a row, while the data waits in its send queue. Two
+options bound that silence on every peer connection, set on its descriptor as soon as its
+monitor reports it (zmq exposes neither): TCP_RTO_MAX_MS (Linux 6.15+) caps the
+retransmission timeout at RTO_MAX_MS, so a lost packet is sent again at least once a second;
+TCP_THIN_LINEAR_TIMEOUTS (any Linux; what the sysctl net.ipv4.tcp_thin_linear_timeouts
+does for every socket) keeps the first six retransmissions of a connection with fewer than
+four packets in flight one timeout apart. Neither touches congestion control. Other
+systems, and older kernels for the first option, keep the default back-off.
+
 Reconnect: zmq reconnects an outbound DEALER by itself with capped exponential backoff
 (RECONNECT_IVL doubling up to RECONNECT_IVL_MAX). Every successful handshake gives LinkUp
 again and every disconnect LinkDown, because messages in flight are lost and a reconnected
@@ -79,6 +90,8 @@ import json
 import logging
 import os
 import queue
+import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -117,6 +130,10 @@ TCP_KEEPALIVE_IDLE_S = 10  # an idle connection is probed after this long...
 TCP_KEEPALIVE_INTVL_S = 2  # ...every this often...
 TCP_KEEPALIVE_COUNT = 3  # ...and is dead after this many unanswered probes (~16 s)
 TCP_MAXRT_MS = 20_000  # data unacknowledged this long: the connection is dead (TCP_USER_TIMEOUT)
+# Retransmission on lossy links (see "Lossy links"); option numbers from linux/tcp.h
+TCP_THIN_LINEAR_TIMEOUTS = getattr(socket, "TCP_THIN_LINEAR_TIMEOUTS", 16)
+TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)  # Linux 6.15+
+RTO_MAX_MS = 1000  # the smallest cap Linux allows
 RECONNECT_IVL_MS = 500  # first reconnect delay after a drop...
 RECONNECT_IVL_MAX_MS = 30_000  # ...doubling on every failed attempt up to this cap
 SEND_QUEUE_SIZE = 10_000  # frames waiting for the loop, all peers together
@@ -133,14 +150,16 @@ ZAP_DOMAIN = b"peerledger"
 USER_ID = "User-Id"  # message property carrying our ZAP reply's user-id (hex key)
 
 _DEALER_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 _ROUTER_EVENTS = (
-    zmq.EVENT_DISCONNECTED
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -149,6 +168,27 @@ _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
+
+def _bound_retransmission_backoff(fd: int) -> None:
+    """Set the lossy-link options on one TCP connection (see "Lossy links").
+
+    The descriptor comes from a monitor event and may be closed, or even reused, by the
+    time the event is read: the options are then refused (not a TCP socket) or land on
+    another of our connections, which wants them too. Either way nothing is raised."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a duplicate: ours to close
+    except OSError:
+        return
+    try:
+        for option, value in ((TCP_THIN_LINEAR_TIMEOUTS, 1), (TCP_RTO_MAX_MS, RTO_MAX_MS)):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:  # not a TCP socket any more, or a kernel without the option
+                pass
+    finally:
+        sock.close()
 
 
 def _is_generated_routing_id(routing_id: bytes) -> bool:
@@ -981,7 +1021,9 @@ class Transport:
             except zmq.Again:
                 return
             kind, value = event["event"], int(event["value"])
-            if kind == zmq.EVENT_DISCONNECTED:
+            if kind == zmq.EVENT_ACCEPTED:
+                _bound_retransmission_backoff(value)
+            elif kind == zmq.EVENT_DISCONNECTED:
                 key = self._fd_key.get(value)
                 if key is not None and self._inbound.get(key) == value:
                     self._forget_inbound(key, "disconnected")
@@ -995,7 +1037,9 @@ class Transport:
             except zmq.Again:
                 return
             kind, value = event["event"], int(event["value"])
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if kind == zmq.EVENT_CONNECTED:
+                _bound_retransmission_backoff(value)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if not out.up:
                     self._link_up(out)
             elif kind == zmq.EVENT_DISCONNECTED:

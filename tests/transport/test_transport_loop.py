@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import threading
 import time
 
@@ -13,7 +15,13 @@ from tests.transport.conftest import MAGIC
 from tests.transport.helpers import RawPeer, StallingProxy, wait_until
 from transport.events import AuthRefused, LinkUp, Received, Rejected
 from transport.keys import generate_node_keypair
-from transport.loop import Transport, TransportError
+from transport.loop import (
+    RTO_MAX_MS,
+    TCP_RTO_MAX_MS,
+    TCP_THIN_LINEAR_TIMEOUTS,
+    Transport,
+    TransportError,
+)
 from transport.messages import (
     Addr,
     AddrEntry,
@@ -474,3 +482,58 @@ def test_constructor_checks_its_arguments():
     with pytest.raises(ValueError):
         Transport(**base, host="not a host")
     assert Transport(**base).stop()  # never started: nothing to do
+
+
+def _tcp_connections_to(port: int) -> list[tuple[socket.socket, bool]]:
+    """This process's TCP sockets on 127.0.0.1 with `port` at one end: (socket, is the
+    listener's end). Duplicates of the descriptors: the caller closes them."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.fromfd(int(name), socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM:
+                local, remote = sock.getsockname(), sock.getpeername()
+                if port in (local[1], remote[1]):
+                    found.append((sock, local[1] == port))
+                    continue
+        except OSError:
+            pass
+        sock.close()
+    return found
+
+
+def _kernel_caps_rto() -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RTO_MAX_MS)
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the lossy-link options are Linux's")
+def test_peer_connections_bound_their_retransmission_backoff(make_node):
+    # Both ends of a dialled link (the DEALER's and the ROUTER's) retransmit linearly while
+    # thin and, where the kernel can (6.15+), at least once a second: a few lost packets in
+    # a row on a radio link cost a second or two, not 10-30 s of exponential back-off.
+    a, b = linked_pair(make_node)
+    assert a.transport.send(b.public, hello_from(a))
+    b.log.link_up(a.public, outbound=False)
+    rto_max = RTO_MAX_MS if _kernel_caps_rto() else None
+
+    def options(sock):
+        linear = sock.getsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS)
+        return linear, sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) if rto_max else None
+
+    def ends():
+        conns = _tcp_connections_to(b.port)
+        try:
+            return sorted((listener, *options(s)) for s, listener in conns)
+        finally:
+            for s, _ in conns:
+                s.close()
+
+    wait_until(lambda: ends() == [(False, 1, rto_max), (True, 1, rto_max)], what=f"both ends tuned; saw {ends()}")
