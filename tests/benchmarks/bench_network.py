@@ -115,14 +115,15 @@ class Sizes:
     sync_rounds: int  # baseline B slice + one sync, alternating
     growth: bool
     growth_segment: int  # blocks of 100 transactions synced on top of each history
+    growth_rounds: int  # rounds over every store: a 10% band needs more than one or two
 
 
 # 1,200 offered: counted to the last confirmation, a run shows at most what it offered less
 # one block interval of tail, so only an offer above 1,000 can show the stretch goal.
 FULL = Sizes(idle_s=40, rates=(500, 1000, 1200), load_s=60, sync_blocks=5000, sync_txs=100, sync_rounds=2, growth=False,
-             growth_segment=300)
+             growth_segment=300, growth_rounds=4)
 QUICK = Sizes(idle_s=15, rates=(500, 1000), load_s=15, sync_blocks=1000, sync_txs=100, sync_rounds=1, growth=False,
-              growth_segment=150)
+              growth_segment=150, growth_rounds=2)
 LONG = Sizes(**{**asdict(FULL), "growth": True})
 
 
@@ -670,7 +671,7 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
     admit: dict[str, list] = {n: [] for n in results}
     base_b: dict[str, list] = {n: [] for n in results}
     synced: dict[str, list] = {n: [] for n in results}
-    for round_ in range(2):  # alternate the stores too, so that each meets the same machine
+    for round_ in range(sizes.growth_rounds):  # alternate the stores too, so that each meets the same machine
         for index, (name, store) in enumerate(results.items()):
             log(f"growth: '{name}' round {round_ + 1}")
             with node_on(root / f"admit-{round_}", params, store["history"]) as node:
