@@ -13,7 +13,7 @@ a baseline measured in the same run.
    transactions (built beforehand into a store, cached between runs), against the raw
    2-process verify rate measured in alternating slices;
 3. end to end: a load generator process announces pre-signed transfers to the five nodes
-   over the wire (INV, GETDATA, TXS, as a peer relays its mempool) at 500, 1,000 and 1,200 a second
+   over the wire (INV, GETDATA, TXS, as a peer relays its mempool) at 500, 1,000, 1,100 and 1,200 a second
    for 60 s; the rate is what every node has confirmed over the time until the last one
    confirmed the last transaction;
 4. memory: VmRSS of each node process idle and under that load, children listed apart;
@@ -118,9 +118,10 @@ class Sizes:
     growth_rounds: int  # rounds over every store: a 10% band needs more than one or two
 
 
-# 1,200 offered: counted to the last confirmation, a run shows at most what it offered less
-# one block interval of tail, so only an offer above 1,000 can show the stretch goal.
-FULL = Sizes(idle_s=40, rates=(500, 1000, 1200), load_s=60, sync_blocks=5000, sync_txs=100, sync_rounds=2, growth=False,
+# 1,100 and 1,200 offered: counted to the last confirmation, a run shows at most what it
+# offered less about a block interval of tail, so only an offer above 1,000 can show the
+# stretch goal (1,000 offered showed 966-972 with every transaction confirmed).
+FULL = Sizes(idle_s=40, rates=(500, 1000, 1100, 1200), load_s=60, sync_blocks=5000, sync_txs=100, sync_rounds=2, growth=False,
              growth_segment=300, growth_rounds=4)
 QUICK = Sizes(idle_s=15, rates=(500, 1000), load_s=15, sync_blocks=1000, sync_txs=100, sync_rounds=1, growth=False,
               growth_segment=150, growth_rounds=2)
