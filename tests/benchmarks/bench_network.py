@@ -599,6 +599,9 @@ def sync_once(net: Network, seed_ledger: Path, empty_ledger: Path | None, height
                 "children": workers}
     finally:
         net.cleanup()
+        # Two copies of a ledger (4 GiB each for the growth stores): a full growth run kept
+        # them all and filled the disk in its third round.
+        shutil.rmtree(net.root, ignore_errors=True)
 
 
 def run_sync(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], report: dict) -> None:
