@@ -67,7 +67,13 @@ def test_status_watch_redraws_until_ctrl_c(nodes):
             except queue.Empty:
                 break
         watch.send_signal(signal.SIGINT)
-        watch.wait(10)
+        try:
+            watch.wait(10)
+        except subprocess.TimeoutExpired:  # say what it had done (one CI run saw this once)
+            watch.kill()
+            watch.wait(5)
+            raise AssertionError(f"no exit 10 s after Ctrl-C; {screens} screens drawn; "
+                                 f"stderr: {watch.stderr.read()[-2000:]}") from None
         err = watch.stderr.read()
     finally:
         if watch.poll() is None:
