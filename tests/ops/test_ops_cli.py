@@ -53,14 +53,19 @@ def test_status_and_peers_describe_a_two_node_network(nodes):
     assert {p["node_id"] for p in json.loads(follower.cli("peers", "--json").stdout)} == {miner.node_id}
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_status_watch_redraws_until_ctrl_c(nodes):
     node = nodes.start_node()
     watch = subprocess.Popen([PYTHON, "-m", "peerledger", "status", "--watch", "0.2", "--config", str(node.config_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             # as from a terminal: Ctrl-C's default action, whatever the test
-                             # process inherited (an ignored SIGINT is inherited, and Python then
-                             # never raises KeyboardInterrupt)
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             # as from a terminal: SIGINT with its default action and not
+                             # blocked, whatever the test process had (an ignored or blocked
+                             # SIGINT is inherited, and Python then never raises KeyboardInterrupt)
+                             preexec_fn=_default_sigint)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout], daemon=True).start()
     screens, deadline = 0, time.monotonic() + 30
