@@ -197,6 +197,7 @@ def _is_generated_routing_id(routing_id: bytes) -> bool:
     32-byte public keys, and a peer cannot choose an id starting with a zero byte."""
     return len(routing_id) == 5 and routing_id[0] == 0
 
+
 class TransportError(Exception):
     """The transport cannot do what was asked (bind failed, not started...)."""
 

@@ -78,7 +78,7 @@ def test_status_watch_redraws_until_ctrl_c(nodes):
         watch.send_signal(signal.SIGINT)
         try:
             watch.wait(10)
-        except subprocess.TimeoutExpired:  # say what it had done (one CI run saw this once)
+        except subprocess.TimeoutExpired:  # say what it had done (two clean-clone CI runs saw this)
             watch.kill()
             watch.wait(5)
             raise AssertionError(f"no exit 10 s after Ctrl-C; {screens} screens drawn; "

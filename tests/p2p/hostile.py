@@ -8,9 +8,9 @@ for something, so that it is judged on what it sends, not dropped for being sile
 
 The `frames` helpers build the broken frames, and `blocks` the invalid blocks (bad proof
 of work, a bad signature inside an otherwise valid block) a hostile node would offer.
-`connect` dials a victim node, `join` dials it and completes the handshake, `offer_block` hands it a block the way a peer does (INV,
-GETDATA, BLOCK), and `peer_entry`, `score_of` and `scored_or_banned` read what the victim
-holds against a client (GET /peers).
+`connect` dials a victim node, `join` dials it and completes the handshake,
+`offer_block` hands it a block the way a peer does (INV, GETDATA, BLOCK), and `peer_entry`,
+`score_of` and `scored_or_banned` read what the victim holds against a client (GET /peers).
 """
 
 from __future__ import annotations
