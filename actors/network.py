@@ -14,7 +14,9 @@ Messages that arrive before the handshake are ignored and answered with our HELL
 Relay. Accepted transactions are announced by inventory in batches (flushed every
 `INV_FLUSH_S`), never echoed to the peer they came from or to a peer known to have them;
 peers fetch them with GETDATA from a bounded relay cache. A peer may only send us the
-transactions we asked for. A new tip block is pushed whole to every peer not known to have
+transactions we asked for. We fetch a transaction once, from the first peer that announces
+it: not again while it is being validated, nor once a block has confirmed it, nor (for a
+while) after it was refused for good. A new tip block is pushed whole to every peer not known to have
 it when it is small (`PUSH_MAX_BYTES`): one message instead of INV, GETDATA and BLOCK, each
 of which a lossy link may hold back for seconds; larger blocks are announced by inventory.
 
@@ -104,10 +106,20 @@ RELAY_CACHE_TXS = 50_000
 RELAY_CACHE_AGE_MS = 15 * 60_000
 REANNOUNCE_EVERY_MS = 30_000  # pending transactions this old are announced again to every peer
 TX_REQUEST_TIMEOUT_MS = 10_000
+# A transaction received and on its way through validation and the mempool is not fetched
+# again from the other peers that announce it meanwhile (under load that way can take
+# seconds, and each peer announces every transaction); after this long it may be.
+TX_IN_PROGRESS_MS = 30_000
 MAX_TX_REQUESTS = 50_000
 LATE_TX_MEMORY = 50_000  # transaction requests remembered after we gave up on them...
 LATE_TX_WINDOW_MS = 120_000  # ...so that an answer this late is taken, not punished as unrequested
 RECENT_REJECTS = 20_000
+# Transactions confirmed by recent blocks, not fetched again when a peer announces them: a
+# node whose transaction pipeline lags its blocks by a block interval or more (a busy Pi)
+# otherwise fetches, verifies and refuses ("nonce already used") each transaction once per
+# peer that announces it, which makes it lag further - at 1,000 tx/s on five nodes, one node
+# refused twice as many transactions as the network carried and never caught up.
+RECENT_CONFIRMED = 50_000
 DIAL_TIMEOUT_MS = 20_000  # a non-seed address that does not connect in this time failed
 SEED_RETRY_MAX_MS = 30_000  # a seed that refused us is dialled again at least this often
 PERSIST_EVERY_MS = 30_000
@@ -146,6 +158,9 @@ class _LruSet:
         self._items.move_to_end(item)
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+
+    def discard(self, item: bytes) -> None:
+        self._items.pop(item, None)
 
     def __contains__(self, item: bytes) -> bool:
         return item in self._items
@@ -207,7 +222,9 @@ class NetworkActor(NodeActor):
         # (txid, peer) -> when we gave up waiting (ms). On a lossy link TCP delivers a reply
         # long after our timeout; only what was never asked is misbehaviour.
         self.tx_given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+        self.tx_in_progress: OrderedDict[bytes, int] = OrderedDict()  # txid -> when handed to validation (ms)
         self.rejected_txs = _LruSet(RECENT_REJECTS)
+        self.confirmed_txs = _LruSet(RECENT_CONFIRMED)
         self._last_persist_ms = 0
         self._last_reannounce_ms = 0
         self._last_decay_ms = 0
@@ -270,15 +287,22 @@ class NetworkActor(NodeActor):
             case Flush():
                 self._flush()
             case TxsAccepted(txs, origin):
+                for tx in txs:
+                    self.tx_in_progress.pop(tx.id, None)
                 self._relay_txs(txs, origin, now)
             case TipChanged(_tip, connected, disconnected):
                 self._announce_blocks(connected)
-                for block in connected:  # confirmed: no longer pending, never announced again
+                for block in disconnected:  # no longer confirmed (their transactions may return)
+                    for tx in block.txs:
+                        self.confirmed_txs.discard(tx.id)
+                for block in connected:  # confirmed: no longer pending, never announced or fetched again
                     for tx in block.txs:
                         self.relay.pop(tx.id, None)
+                        self.confirmed_txs.add(tx.id)
                 if disconnected:
                     self._relay_returned(connected, disconnected, now)
             case TxRejected(txid, origin, error):
+                self.tx_in_progress.pop(txid, None)
                 if txid and error.code not in _RETRYABLE:
                     self.rejected_txs.add(txid)  # not worth fetching again from anyone
                 if origin is not None and error.code.penalise:
@@ -482,7 +506,9 @@ class NetworkActor(NodeActor):
             elif (
                 item.hash not in self.relay
                 and item.hash not in self.tx_requests
+                and item.hash not in self.tx_in_progress
                 and item.hash not in self.rejected_txs
+                and item.hash not in self.confirmed_txs
                 and len(self.tx_requests) < MAX_TX_REQUESTS
             ):
                 self.tx_requests[item.hash] = (session.key, now)
@@ -528,12 +554,18 @@ class NetworkActor(NodeActor):
             request = self.tx_requests.get(txid)
             if request is not None and request[0] == session.key:
                 del self.tx_requests[txid]
-                requested.append(raw)
-            elif self._late_tx(txid, session.key, now):
-                if txid not in self.relay and txid not in self.tx_requests:
-                    requested.append(raw)  # still news to us: take it
-            else:
+                if txid in self.confirmed_txs:
+                    continue  # a block brought it while it was on its way
+            elif not self._late_tx(txid, session.key, now):
                 unrequested += 1
+                continue
+            elif (txid in self.relay or txid in self.tx_requests or txid in self.tx_in_progress
+                  or txid in self.confirmed_txs):
+                continue  # a late answer, but no longer news to us
+            requested.append(raw)
+            self.tx_in_progress[txid] = now
+        while len(self.tx_in_progress) > MAX_TX_REQUESTS:
+            self.tx_in_progress.popitem(last=False)
         if unrequested:
             self._penalise(session.key, POINTS_UNREQUESTED, f"sent {unrequested} unrequested transactions", now)
         if requested:
@@ -705,6 +737,8 @@ class NetworkActor(NodeActor):
             self.tx_given_up[(txid, peer)] = now
         while len(self.tx_given_up) > LATE_TX_MEMORY:
             self.tx_given_up.popitem(last=False)
+        while self.tx_in_progress and now - next(iter(self.tx_in_progress.values())) > TX_IN_PROGRESS_MS:
+            self.tx_in_progress.popitem(last=False)
         while self.relay:
             txid, (_raw, added_ms) = next(iter(self.relay.items()))
             if now - added_ms < RELAY_CACHE_AGE_MS:
