@@ -59,6 +59,7 @@ from actors.messages import (
     TxsReceived,
 )
 from actors.peerbook import AddressBook
+from actors.recent import RecentSet
 from chain.block import decode_header_at
 from chain.encoding import sha256
 from chain.errors import Code, DecodeError
@@ -146,26 +147,6 @@ POINTS_BAD_HELLO = 100
 _RETRYABLE = frozenset({Code.WRONG_NONCE, Code.MEMPOOL_FULL, Code.FEE_TOO_LOW, Code.INSUFFICIENT_FUNDS})
 
 
-class _LruSet:
-    """A bounded set that forgets the oldest members first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[bytes, None] = OrderedDict()
-
-    def add(self, item: bytes) -> None:
-        self._items[item] = None
-        self._items.move_to_end(item)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def discard(self, item: bytes) -> None:
-        self._items.pop(item, None)
-
-    def __contains__(self, item: bytes) -> bool:
-        return item in self._items
-
-
 @dataclass(slots=True)
 class Session:
     key: bytes
@@ -179,7 +160,7 @@ class Session:
     ping_nonce: int | None = None
     ping_sent_ms: int = 0
     latency_ms: float | None = None
-    known: _LruSet = field(default_factory=lambda: _LruSet(KNOWN_INV))
+    known: RecentSet = field(default_factory=lambda: RecentSet(KNOWN_INV))
     inv_queue: list[InvItem] = field(default_factory=list)
     sent_addr: bool = False
 
@@ -223,8 +204,8 @@ class NetworkActor(NodeActor):
         # long after our timeout; only what was never asked is misbehaviour.
         self.tx_given_up: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
         self.tx_in_progress: OrderedDict[bytes, int] = OrderedDict()  # txid -> when handed to validation (ms)
-        self.rejected_txs = _LruSet(RECENT_REJECTS)
-        self.confirmed_txs = _LruSet(RECENT_CONFIRMED)
+        self.rejected_txs = RecentSet(RECENT_REJECTS)
+        self.confirmed_txs = RecentSet(RECENT_CONFIRMED)
         self._last_persist_ms = 0
         self._last_reannounce_ms = 0
         self._last_decay_ms = 0

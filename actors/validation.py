@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 from actors.base import NodeActor, Supervisor, peer_id, quoted
@@ -41,6 +41,7 @@ from actors.messages import (
     TxRejected,
     TxsReceived,
 )
+from actors.recent import RecentSet
 from actors.stats import Histogram
 from actors.workers import WorkerPool
 from chain.block import Block, check_block_shape, decode_block
@@ -56,31 +57,6 @@ POOL_TIMEOUT_S = 60.0  # a chunk that takes longer means a stuck worker: it is v
 MIN_CHUNK = 128
 SLICE_TXS = 64  # transactions verified in this process per turn (~11 ms), so that blocks get in between
 CHECK_EVERY_S = 5.0  # how often, while chunks are out, the actor looks for stuck ones
-
-
-class SignatureCache:
-    """Ids of transactions whose signatures were verified, least recently used evicted."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
-
-    def __contains__(self, txid: bytes) -> bool:
-        if txid in self._ids:
-            self._ids.move_to_end(txid)
-            return True
-        return False
-
-    def add(self, txid: bytes) -> None:
-        if self.capacity <= 0:
-            return
-        self._ids[txid] = None
-        self._ids.move_to_end(txid)
-        while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
 
 def verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
@@ -141,7 +117,7 @@ class ValidationActor(NodeActor):
         self.refs = refs
         self.params = params
         self.engine = engine_for(params)
-        self.cache = SignatureCache(cache_size)
+        self.cache = RecentSet(cache_size)  # ids of transactions whose signatures were verified
         self.network_id = params.network_id
         self.workers = workers
         self.batch_min = batch_min
