@@ -284,7 +284,7 @@ class Store:
 
     def _initialise(self, create: bool = True) -> None:
         meta = self._dbs["meta"]
-        with self._env.begin() as txn:
+        with self._read() as txn:  # damage met here is reported as damage, like anywhere else
             schema = txn.get(b"schema", db=meta)
             network = txn.get(b"network", db=meta)
         if schema is None:
