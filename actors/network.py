@@ -16,9 +16,10 @@ Relay. Accepted transactions are announced by inventory in batches (flushed ever
 peers fetch them with GETDATA from a bounded relay cache. A peer may only send us the
 transactions we asked for. We fetch a transaction once, from the first peer that announces
 it: not again while it is being validated, nor once a block has confirmed it, nor (for a
-while) after it was refused for good. A new tip block is pushed whole to every peer not known to have
-it when it is small (`PUSH_MAX_BYTES`): one message instead of INV, GETDATA and BLOCK, each
-of which a lossy link may hold back for seconds; larger blocks are announced by inventory.
+while) after it was refused for good. A new tip block is pushed whole to every peer not
+known to have it when it is small (`PUSH_MAX_BYTES`): one message instead of INV, GETDATA
+and BLOCK, each of which a lossy link may hold back for seconds; larger blocks are
+announced by inventory.
 
 Misbehaviour. Malformed frames, invalid objects and unrequested data add points to the
 peer's score; at `ban_threshold` the peer is banned for `ban_seconds`, persisted, and its
