@@ -24,6 +24,13 @@ def _asks_for(ids: set[bytes]):
     return lambda m: any(item.hash in ids for item in m.items)
 
 
+def _fetches_news_from(client, params) -> None:
+    """The control: the victim reads this client's announcements (a transaction new to it is fetched)."""
+    fresh = sign_tx(FUNDED[1], params.network_id, nonce=0, fee=1000, recipient=FUNDED[3].address, amount=1)
+    client.send(Inv((InvItem(InvKind.TX, fresh.id),)))
+    client.expect(GetData, _asks_for({fresh.id}))
+
+
 def test_a_transaction_being_validated_is_not_fetched_again_from_another_announcer(nodes):
     victim = nodes.add_node(merge(P2P, {"producer": {"enabled": False}, "mempool": {"max_per_sender": BATCH}}),
                             name="victim")
@@ -45,11 +52,7 @@ def test_a_transaction_being_validated_is_not_fetched_again_from_another_announc
                    message="the victim to admit the batch")
         assert second.nothing_for(2.0, GetData, _asks_for(ids)), \
             "the victim fetched transactions it was already validating from a second peer"
-
-        # Control: the second peer's announcements are read (a transaction new to the victim is fetched).
-        fresh = sign_tx(FUNDED[1], params.network_id, nonce=0, fee=1000, recipient=FUNDED[3].address, amount=1)
-        second.send(Inv((InvItem(InvKind.TX, fresh.id),)))
-        second.expect(GetData, _asks_for({fresh.id}))
+        _fetches_news_from(second, params)
     finally:
         first.close()
         second.close()
@@ -74,9 +77,7 @@ def test_a_confirmed_transaction_is_not_fetched_again(nodes):
             late.send(announce)
             assert late.nothing_for(2.0, GetData, _asks_for({tx.id})), \
                 "the victim fetched a transaction it had confirmed"
-            fresh = sign_tx(FUNDED[1], params.network_id, nonce=0, fee=1000, recipient=FUNDED[3].address, amount=1)
-            late.send(Inv((InvItem(InvKind.TX, fresh.id),)))
-            late.expect(GetData, _asks_for({fresh.id}))
+            _fetches_news_from(late, params)
         finally:
             late.close()
     finally:
