@@ -39,6 +39,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} {unit}"
     if unit == "x":
         return f"{value:.3f}"
+    if unit == "s":
+        return f"{value:.2f} s"
     return f"{value:,.0f} {unit}"
 
 

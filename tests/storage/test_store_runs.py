@@ -182,3 +182,12 @@ def test_the_storage_actor_connects_a_sync_in_runs(tmp_path: Path, builder: Chai
     finally:
         store.close()
     assert pykka.ActorRegistry.get_by_class(StorageActor) == []
+
+
+def test_a_full_run_leaves_room_for_the_blocks_being_fetched() -> None:
+    """Queued blocks count against the sync actor's window: a run as long as the window
+    would stop the downloads until the timer commits it, a second each time."""
+    from actors.storage import MAX_RUN_BLOCKS
+    from actors.sync import MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_PEER
+
+    assert MAX_RUN_BLOCKS + MAX_IN_FLIGHT_PER_PEER <= MAX_IN_FLIGHT
