@@ -20,7 +20,7 @@ cannot pin the node's memory or threads.
 
 Admin routes need the token the node writes at each start to <data_dir>/api.cookie
 (mode 0600), sent as `Authorization: Bearer <token>`; without it they answer 401
-`unauthorized`, before anything else is looked at:
+`unauthorized` (with `WWW-Authenticate: Bearer`), before anything else is looked at:
 
     POST /admin/backup           {"path": "/abs/dir"}: a consistent copy of the ledger, made
                                  while the node runs (storage.store.Store.backup); answers
@@ -338,7 +338,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _error(self, error: ApiError) -> None:
-        self._send(error.status, {"error": {"code": error.code, "message": error.message}})
+        document = {"error": {"code": error.code, "message": error.message}}
+        if error.status == 401:  # RFC 9110: a 401 names the scheme that would be accepted
+            document = Raw(json.dumps(document, separators=(",", ":")).encode(), "application/json",
+                           (("WWW-Authenticate", 'Bearer realm="peerledger admin"'),))
+        self._send(error.status, document)
 
     def _route(self, method: str) -> None:
         try:

@@ -9,6 +9,7 @@ mining. `peerledger restore` works on a stopped node's directory.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import stat
@@ -88,6 +89,14 @@ def test_admin_routes_need_the_cookie_which_is_private_and_new_at_each_start(nod
         status, answer = node.http("GET", "/admin/anything", None, headers)
         assert status == 401, (headers, status, answer)
     assert not dest.exists()
+    connection = http.client.HTTPConnection(*node.api_address, timeout=10)
+    try:
+        connection.request("GET", "/admin/backup")
+        response = connection.getresponse()
+        response.read()
+        assert (response.status, response.getheader("WWW-Authenticate")) == (401, 'Bearer realm="peerledger admin"')
+    finally:
+        connection.close()
 
     admin = {**BACKUP_BODY, "Authorization": f"Bearer {token}"}
     assert node.http("GET", "/admin/backup", None, admin)[0] == 405
