@@ -161,6 +161,7 @@ class Session:
     ping_nonce: int | None = None
     ping_sent_ms: int = 0
     latency_ms: float | None = None
+    best_height: int = 0  # the highest block it has shown us: its HELLO, blocks it sent or announced
     known: RecentSet = field(default_factory=lambda: RecentSet(KNOWN_INV))
     inv_queue: list[InvItem] = field(default_factory=list)
     sent_addr: bool = False
@@ -397,6 +398,7 @@ class NetworkActor(NodeActor):
             return
         was_ready = session.ready
         session.hello = hello
+        session.best_height = hello.best_height
         if now - session.hello_sent_ms > HELLO_ECHO_WINDOW_MS:
             self._send_hello(session, now)
         self.clock.add_sample(peer, hello.time_ms)
@@ -461,7 +463,9 @@ class NetworkActor(NodeActor):
                 self._on_txs(session, raws, now)
             case BlockMessage(raw):
                 with contextlib.suppress(DecodeError):  # the sync actor judges a malformed block
-                    session.known.add(decode_header_at(raw, 0)[0].hash)
+                    header = decode_header_at(raw, 0)[0]
+                    session.known.add(header.hash)
+                    session.best_height = max(session.best_height, header.height)
                 self.refs.tell("sync", BlockArrived(peer, raw))
             case GetHeaders(locator, stop_hash):
                 headers = self.store.headers_after(list(locator), stop_hash, MAX_HEADERS)
@@ -499,6 +503,9 @@ class NetworkActor(NodeActor):
             self.transport.send(session.key, GetData(tuple(wanted)))
         if blocks:
             self.refs.tell("sync", BlocksAnnounced(session.key, tuple(blocks)))
+            entry = self.store.index_entry(blocks[-1])  # its tip, announced last: if we know it, its height
+            if entry is not None:
+                session.best_height = max(session.best_height, entry.height)
 
     def _on_getdata(self, session: Session, items: tuple[InvItem, ...]) -> None:
         missing: list[InvItem] = []
@@ -785,7 +792,7 @@ class NetworkActor(NodeActor):
                     "address": session.address,
                     "direction": "outbound" if session.outbound else "inbound",
                     "ready": session.ready,
-                    "height": hello.best_height if hello else None,
+                    "height": session.best_height if hello else None,
                     "latency_ms": session.latency_ms,
                     "score": self.scores.get(session.key, 0),
                     "connected_s": round((now - session.since_ms) / 1000, 1),

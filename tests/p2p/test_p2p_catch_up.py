@@ -1,10 +1,10 @@
 """A node stopped while the others add 200+ blocks catches up by itself after a restart.
 
-Three nodes: one miner, one follower that keeps relaying, and the node that is stopped
-with SIGTERM (as a service manager stops it) and started again. Transactions confirmed
-while it was away must be in the chain it syncs, so the state hash it ends with is the
-ledger replayed block by block, not just a matching tip. Blocks come every ~100 ms, so
-200 of them take well under a minute.
+Three nodes: one miner, one follower that keeps relaying (its peer list follows the miner's
+height), and the node that is stopped with SIGTERM (as a service manager stops it) and
+started again. Transactions confirmed while it was away must be in the chain it syncs, so
+the state hash it ends with is the ledger replayed block by block, not just a matching tip.
+Blocks come every ~100 ms, so 200 of them take well under a minute.
 """
 
 from __future__ import annotations
@@ -48,4 +48,8 @@ def test_a_stopped_node_catches_up_200_blocks_after_restart(nodes):
 
     for txid in txids:
         assert sleeper.tx_status(txid) == "confirmed"
+    # The follower shook hands with the miner near height 0 and has had 200+ blocks from it
+    # since: its peer list shows where the miner is now, not where it was at the handshake.
+    (seen,) = [p["height"] for p in follower.peers() if p["node_id"] == miner.node_id and p.get("ready")]
+    assert seen >= target, f"the follower lists the miner at height {seen}, below {target}"
     assert not nodes.misbehaviour([miner, follower, sleeper]), "honest nodes penalised each other"
