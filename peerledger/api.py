@@ -322,11 +322,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = (self.headers.get("Content-Length") or "0").strip()
         return self.headers.get("Transfer-Encoding") is not None or length != "0"
 
-    def _send(self, status: int, document: Any) -> None:
+    def _send(self, status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> None:
         if isinstance(document, Raw):
-            payload, content_type, headers = document.body, document.content_type, document.headers
+            payload, content_type, headers = document.body, document.content_type, document.headers + headers
         else:
-            payload, content_type, headers = json.dumps(document, separators=(",", ":")).encode(), "application/json", ()
+            payload, content_type = json.dumps(document, separators=(",", ":")).encode(), "application/json"
         self.send_response(status)
         if self._unread_body():  # on a kept-alive connection it would be read as the next request
             self.send_header("Connection", "close")
@@ -338,11 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _error(self, error: ApiError) -> None:
-        document = {"error": {"code": error.code, "message": error.message}}
-        if error.status == 401:  # RFC 9110: a 401 names the scheme that would be accepted
-            document = Raw(json.dumps(document, separators=(",", ":")).encode(), "application/json",
-                           (("WWW-Authenticate", 'Bearer realm="peerledger admin"'),))
-        self._send(error.status, document)
+        # RFC 9110: a 401 names the scheme that would be accepted.
+        headers = (("WWW-Authenticate", 'Bearer realm="peerledger admin"'),) if error.status == 401 else ()
+        self._send(error.status, {"error": {"code": error.code, "message": error.message}}, headers)
 
     def _route(self, method: str) -> None:
         try:
