@@ -1,20 +1,28 @@
 """Ed25519 keys and signatures (pycryptodome only) and human-readable addresses.
 
-Signature validity is a consensus rule, so there is exactly one verifier: pycryptodome's
-RFC 8032 mode, plus one rule of ours: public keys of small order are refused (they verify
-forged signatures). The verdict on every C2SP/CCTV edge-case vector is pinned by a test, so
-a library upgrade that changes it fails loudly instead of splitting the network.
+Signature validity is a consensus rule, so there is exactly one verifier: RFC 8032 as
+pycryptodome's EdDSA module decides it, plus one rule of ours: public keys of small order are
+refused (they verify forged signatures). The verdict on every C2SP/CCTV edge-case vector is
+pinned by a test, so a library upgrade that changes it fails loudly instead of splitting the
+network.
 
-Parsing a public key costs about as much as a verification, so parsed keys are cached.
+Verification is the most expensive thing a node does. `verify` evaluates pycryptodome's own
+check - the same C functions of its Ed25519 module, the same decoding, the same cofactored
+equation - without the Python wrappers around them, whose big-integer objects cost about a
+third of each verification and hold the GIL the whole time (`_check`). A property test
+compares it with `eddsa.new(key, "rfc8032").verify` on valid, tampered and edge-case input.
+Parsed public keys are cached: parsing costs about as much as a verification.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
+from Crypto.Util._raw_api import VoidPointer, c_size_t, c_uint8_ptr, load_pycryptodome_raw_lib, null_pointer
 
 from chain.encoding import sha256
 from chain.errors import ChainError, Code
@@ -75,8 +83,67 @@ class SigningKey:
         return cls(key)
 
 
+# The functions of pycryptodome's C Ed25519 module that its EdDSA verification calls
+# (Crypto/PublicKey/_edwards.py declares the same), with the library's loader.
+_ED25519 = load_pycryptodome_raw_lib(
+    "Crypto.PublicKey._ed25519",
+    """
+    typedef void Point;
+    int ed25519_new_point(Point **out, const uint8_t x[32], const uint8_t y[32], size_t modsize,
+                          const void *context);
+    int ed25519_decode_point(Point **out, const uint8_t *encoded, size_t len, const void *context);
+    int ed25519_clone(Point **P, const Point *Q);
+    void ed25519_free_point(Point *p);
+    int ed25519_cmp(const Point *p1, const Point *p2);
+    int ed25519_neg(Point *p);
+    int ed25519_double(Point *p);
+    int ed25519_add(Point *P1, const Point *P2);
+    int ed25519_scalar_public(Point *P, const uint8_t *scalar, size_t scalar_len);
+    """,
+)
+_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, the order of the base point
+_SIZE = c_size_t(32)
+
+
+def _new_point(x: int, y: int) -> object:
+    out = VoidPointer()
+    if _ED25519.ed25519_new_point(out.address_of(), c_uint8_ptr(x.to_bytes(32, "big")),
+                                  c_uint8_ptr(y.to_bytes(32, "big")), _SIZE, null_pointer):
+        raise ValueError("not a point of Ed25519")
+    return out.get()
+
+
+def _clone(point: object) -> object:
+    out = VoidPointer()
+    if _ED25519.ed25519_clone(out.address_of(), point):
+        raise MemoryError("cannot copy an Ed25519 point")
+    return out.get()
+
+
+_BASE = _new_point(0x216936D3CD6E53FEC0A4E231FDD6DC5C692CC7609525A7B2C9562D608F25D51A,
+                   0x6666666666666666666666666666666666666666666666666666666666666658)
+_IDENTITY = _new_point(0, 1)
+
+
+class _PublicKey:
+    """A parsed public key: its point in C memory (freed with this object) and the encoding
+    that goes into the hash, pycryptodome's re-encoding of it (not the bytes received, which
+    may be a non-canonical encoding of the same point)."""
+
+    __slots__ = ("point", "encoded")
+
+    def __init__(self, key: ECC.EccKey) -> None:
+        self.point = None
+        self.encoded = key.export_key(format="raw")
+        self.point = _new_point(int(key.pointQ.x), int(key.pointQ.y))
+
+    def __del__(self, free=_ED25519.ed25519_free_point) -> None:  # bound now: at exit globals are gone
+        if self.point is not None:
+            free(self.point)
+
+
 @functools.lru_cache(maxsize=65536)
-def _verifier(public: bytes) -> object | None:
+def _public_key(public: bytes) -> _PublicKey | None:
     try:
         key = eddsa.import_public_key(public)
     except ValueError:
@@ -87,21 +154,52 @@ def _verifier(public: bytes) -> object | None:
         # A small-order key verifies forged signatures (the all-zero key accepts an all-zero
         # signature on any message): whatever it "signs" proves nothing, so it signs nothing.
         return None
-    return eddsa.new(key, "rfc8032")
+    return _PublicKey(key)
+
+
+def _check(key: _PublicKey, message: bytes, signature: bytes) -> bool:
+    """RFC 8032 section 5.1.7 as pycryptodome's `_verify_ed25519` does it: R decoded by the
+    same C function, S < L, k = SHA-512(R || A || M) mod L, and the cofactored equation
+    [8][S]B == [8]R + [8][k]A, evaluated as [8]([S]B - R - [k]A) == O (the same test: the
+    group law, not an approximation of it)."""
+    out = VoidPointer()
+    if _ED25519.ed25519_decode_point(out.address_of(), c_uint8_ptr(signature[:32]), _SIZE, null_pointer):
+        return False
+    r_point = out.get()
+    sb = ka = None
+    try:
+        s = int.from_bytes(signature[32:], "little")
+        if s >= _ORDER:
+            return False
+        digest = hashlib.sha512(signature[:32])
+        digest.update(key.encoded)
+        digest.update(message)
+        k = int.from_bytes(digest.digest(), "little") % _ORDER
+        sb = _clone(_BASE)
+        ka = _clone(key.point)
+        lib = _ED25519
+        if (lib.ed25519_scalar_public(sb, c_uint8_ptr(s.to_bytes(32, "big")), _SIZE)
+                or lib.ed25519_scalar_public(ka, c_uint8_ptr(k.to_bytes(32, "big")), _SIZE)
+                or lib.ed25519_add(ka, r_point) or lib.ed25519_neg(ka) or lib.ed25519_add(sb, ka)
+                or lib.ed25519_double(sb) or lib.ed25519_double(sb) or lib.ed25519_double(sb)):
+            raise ValueError("Ed25519 point arithmetic failed")
+        return _ED25519.ed25519_cmp(sb, _IDENTITY) == 0
+    finally:
+        _ED25519.ed25519_free_point(r_point)
+        if sb is not None:
+            _ED25519.ed25519_free_point(sb)
+        if ka is not None:
+            _ED25519.ed25519_free_point(ka)
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """True if `signature` is a valid RFC 8032 signature of `message` by `public`."""
     if len(public) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
-    verifier = _verifier(bytes(public))
-    if verifier is None:
+    key = _public_key(bytes(public))
+    if key is None:
         return False
-    try:
-        verifier.verify(message, signature)
-    except ValueError:
-        return False
-    return True
+    return _check(key, message, signature)
 
 
 def address_of(public: bytes) -> bytes:

@@ -240,7 +240,7 @@ def items_of(txs: list[Transaction], network_id: bytes) -> list[tuple[bytes, byt
 def verify_one_core(items: list[tuple[bytes, bytes, bytes]]) -> dict:
     """Baseline A: chain.keys.verify in this process, key objects already cached."""
     for public in {p for p, _, _ in items}:
-        chain.keys._verifier(public)
+        chain.keys._public_key(public)
     meter = Meter()
     good = sum(verify(p, m, s) for p, m, s in items)
     result = meter.result(len(items))
@@ -301,7 +301,7 @@ def admission(params: ChainParams, first: list[Transaction], rounds: list[list[T
     key cache cleared: the node meets every sender for the first time (a reference figure).
     The rounds then run with senders already known, as baseline A does ("key reused").
     """
-    chain.keys._verifier.cache_clear()
+    chain.keys._public_key.cache_clear()
     result: dict = {"baseline": [], "admission": []}
     with running_node(params, validation_workers=2, batch_min=256) as node:
         held = 0

@@ -97,9 +97,9 @@ def test_small_order_keys_sign_nothing():
 def test_verdict_does_not_depend_on_the_key_cache():
     # keys.verify caches parsed public keys; a cached key must give the same verdict as a
     # fresh one, whatever order the vectors arrive in.
-    from chain.keys import _verifier
+    from chain.keys import _public_key
 
     forward = [_verdict(v) for v in VECTORS]
-    _verifier.cache_clear()
+    _public_key.cache_clear()
     backward = [_verdict(v) for v in reversed(VECTORS)][::-1]
     assert forward == backward == [PINNED["verdicts"][str(v["number"])] for v in VECTORS]
