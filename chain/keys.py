@@ -120,6 +120,8 @@ def _clone(point: object) -> object:
     return out.get()
 
 
+# Shared by every thread, only ever read (cloned, compared): a point is four arrays of limbs,
+# and the C functions keep no state of their own.
 _BASE = _new_point(0x216936D3CD6E53FEC0A4E231FDD6DC5C692CC7609525A7B2C9562D608F25D51A,
                    0x6666666666666666666666666666666666666666666666666666666666666658)
 _IDENTITY = _new_point(0, 1)
