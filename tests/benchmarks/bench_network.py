@@ -579,7 +579,7 @@ def sync_once(net: Network, seed_ledger: Path, empty_ledger: Path | None, height
         node.init()
         net.start(seed)
         net.start(node)
-        cpu0 = session_cpu_s(node)
+        cpu0, faults0 = session_cpu_s(node), major_faults(node.pid)
         t0 = time.time()
         deadline = time.monotonic() + 900
         tips = TipFollower(node)
@@ -591,7 +591,7 @@ def sync_once(net: Network, seed_ledger: Path, empty_ledger: Path | None, height
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sync: {node.name} at {lines[-1].height if lines else 0}, not {height}")
             time.sleep(0.1)
-        cpu1 = session_cpu_s(node)
+        cpu1, faults1 = session_cpu_s(node), major_faults(node.pid)
         text = node.log_path.read_bytes()
         ready = READY_LINE.search(text)
         start_ms = log_ms(ready[1]) if ready else int(t0 * 1000)
@@ -604,12 +604,18 @@ def sync_once(net: Network, seed_ledger: Path, empty_ledger: Path | None, height
         seed.stop(timeout=10)
         return {"seconds": (end_ms - start_ms) / 1000, "cpu_seconds": cpu1 - cpu0, "tx_count": status["tx_count"],
                 "height": status["height"], "first_block_ms": (first.ms - start_ms) if first else None,
-                "storage_seconds": connect_s, "children": workers}
+                "storage_seconds": connect_s, "major_faults": faults1 - faults0, "children": workers}
     finally:
         net.cleanup()
         # Two copies of a ledger (4 GiB each for the growth stores): a full growth run kept
         # them all and filled the disk in its third round.
         shutil.rmtree(net.root, ignore_errors=True)
+
+
+def major_faults(pid: int) -> int:
+    """Pages the process has read from disk so far (majflt): a ledger's pages met cold."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat[stat.rindex(b")") + 2 :].split()[9])
 
 
 def storage_seconds(node: NodeProcess) -> float:
@@ -729,10 +735,10 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
             work = segment * 100
             synced[name].append({"work": work, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
                                  "rate": work / result["seconds"], "cpu_rate": work / result["cpu_seconds"],
-                                 "storage_seconds": result["storage_seconds"]})
+                                 "storage_seconds": result["storage_seconds"], "major_faults": result["major_faults"]})
             log(f"  admission {bn._rates(admit[name][-1])} (A {bn._rates(base_a[name][-1])}); "
                 f"sync {bn._rates(synced[name][-1])} (B {bn._rates(base_b[name][-1])}), "
-                f"storage {result['storage_seconds']:.2f} s")
+                f"storage {result['storage_seconds']:.2f} s, {result['major_faults']:,} pages read from disk")
     report["growth"] = {n: {"admission": admit[n], "A": base_a[n], "sync": synced[n], "B": base_b[n]} for n in results}
     small = "1e3 accounts, 1e3 blocks"
 
@@ -752,6 +758,9 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
         seconds = [r["storage_seconds"] for r in synced[name]]
         rows.append(bn.Row(f"(reference) storage time of a {segment}-block sync, {name}",
                            sum(seconds) / len(seconds), "s"))
+        faults = [r["major_faults"] for r in synced[name]]
+        rows.append(bn.Row(f"(reference) pages read from disk during that sync, {name}",
+                           sum(faults) / len(faults), "pages"))
 
 
 @contextlib.contextmanager
