@@ -22,7 +22,8 @@ import hashlib
 
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
-from Crypto.Util._raw_api import VoidPointer, c_size_t, c_uint8_ptr, load_pycryptodome_raw_lib, null_pointer
+from Crypto.PublicKey._point import _curves
+from Crypto.Util._raw_api import VoidPointer, c_size_t, c_uint8_ptr, null_pointer
 
 from chain.encoding import sha256
 from chain.errors import ChainError, Code
@@ -83,31 +84,17 @@ class SigningKey:
         return cls(key)
 
 
-# The functions of pycryptodome's C Ed25519 module that its EdDSA verification calls
-# (Crypto/PublicKey/_edwards.py declares the same), with the library's loader.
-_ED25519 = load_pycryptodome_raw_lib(
-    "Crypto.PublicKey._ed25519",
-    """
-    typedef void Point;
-    int ed25519_new_point(Point **out, const uint8_t x[32], const uint8_t y[32], size_t modsize,
-                          const void *context);
-    int ed25519_decode_point(Point **out, const uint8_t *encoded, size_t len, const void *context);
-    int ed25519_clone(Point **P, const Point *Q);
-    void ed25519_free_point(Point *p);
-    int ed25519_cmp(const Point *p1, const Point *p2);
-    int ed25519_neg(Point *p);
-    int ed25519_double(Point *p);
-    int ed25519_add(Point *P1, const Point *P2);
-    int ed25519_scalar_public(Point *P, const uint8_t *scalar, size_t scalar_len);
-    """,
-)
+# pycryptodome's own handle on the C functions of its Ed25519 module, the ones its EdDSA
+# verification calls, loaded once by the library for whichever FFI backend it uses (cffi
+# refuses a second declaration of the same functions, so we do not load them ourselves).
+_ED25519 = _curves["Ed25519"].rawlib
 _ORDER = 2**252 + 27742317777372353535851937790883648493  # L, the order of the base point
 _SIZE = c_size_t(32)
 
 
 def _new_point(x: int, y: int) -> object:
     out = VoidPointer()
-    if _ED25519.ed25519_new_point(out.address_of(), c_uint8_ptr(x.to_bytes(32, "big")),
+    if _ED25519.new_point(out.address_of(), c_uint8_ptr(x.to_bytes(32, "big")),
                                   c_uint8_ptr(y.to_bytes(32, "big")), _SIZE, null_pointer):
         raise ValueError("not a point of Ed25519")
     return out.get()
@@ -115,7 +102,7 @@ def _new_point(x: int, y: int) -> object:
 
 def _clone(point: object) -> object:
     out = VoidPointer()
-    if _ED25519.ed25519_clone(out.address_of(), point):
+    if _ED25519.clone(out.address_of(), point):
         raise MemoryError("cannot copy an Ed25519 point")
     return out.get()
 
@@ -139,7 +126,7 @@ class _PublicKey:
         self.encoded = key.export_key(format="raw")
         self.point = _new_point(int(key.pointQ.x), int(key.pointQ.y))
 
-    def __del__(self, free=_ED25519.ed25519_free_point) -> None:  # bound now: at exit globals are gone
+    def __del__(self, free=_ED25519.free_point) -> None:  # bound now: at exit globals are gone
         if self.point is not None:
             free(self.point)
 
@@ -166,7 +153,7 @@ def _check(key: _PublicKey, message: bytes, signature: bytes) -> bool:
     group law, not an approximation of it). An error of the C library is raised, never turned
     into a verdict."""
     out = VoidPointer()
-    if _ED25519.ed25519_decode_point(out.address_of(), c_uint8_ptr(signature[:32]), _SIZE, null_pointer):
+    if _ED25519.decode_point(out.address_of(), c_uint8_ptr(signature[:32]), _SIZE, null_pointer):
         return False
     r_point = out.get()
     sb = ka = None
@@ -181,18 +168,18 @@ def _check(key: _PublicKey, message: bytes, signature: bytes) -> bool:
         sb = _clone(_BASE)
         ka = _clone(key.point)
         lib = _ED25519
-        if (lib.ed25519_scalar_public(sb, c_uint8_ptr(s.to_bytes(32, "big")), _SIZE)
-                or lib.ed25519_scalar_public(ka, c_uint8_ptr(k.to_bytes(32, "big")), _SIZE)
-                or lib.ed25519_add(ka, r_point) or lib.ed25519_neg(ka) or lib.ed25519_add(sb, ka)
-                or lib.ed25519_double(sb) or lib.ed25519_double(sb) or lib.ed25519_double(sb)):
+        if (lib.scalar_public(sb, c_uint8_ptr(s.to_bytes(32, "big")), _SIZE)
+                or lib.scalar_public(ka, c_uint8_ptr(k.to_bytes(32, "big")), _SIZE)
+                or lib.add(ka, r_point) or lib.neg(ka) or lib.add(sb, ka)
+                or lib.double(sb) or lib.double(sb) or lib.double(sb)):
             raise ValueError("Ed25519 point arithmetic failed")
-        return _ED25519.ed25519_cmp(sb, _IDENTITY) == 0
+        return _ED25519.cmp(sb, _IDENTITY) == 0
     finally:
-        _ED25519.ed25519_free_point(r_point)
+        _ED25519.free_point(r_point)
         if sb is not None:
-            _ED25519.ed25519_free_point(sb)
+            _ED25519.free_point(sb)
         if ka is not None:
-            _ED25519.ed25519_free_point(ka)
+            _ED25519.free_point(ka)
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:
