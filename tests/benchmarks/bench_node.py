@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from Crypto.Signature import eddsa
+from Crypto.Util import _raw_api
 
 import chain.keys
 from actors.messages import BlockReceived, TxsReceived
@@ -552,6 +553,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "pycryptodome": version("pycryptodome"),
+        "pycryptodome_ffi": _raw_api.backend,  # cffi when installed (the test extra has it), else ctypes
         "lmdb": version("lmdb"),
         "pykka": version("pykka"),
         "pyzmq": version("pyzmq"),
@@ -703,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     env = environment()
     log(f"peerledger node benchmark ({'quick' if args.quick else 'full'}): {env['cpus']} CPUs {env['cpu_model']}, "
-        f"Python {env['python']}, pycryptodome {env['pycryptodome']}, lmdb {env['lmdb']}, pykka {env['pykka']}, "
+        f"Python {env['python']}, pycryptodome {env['pycryptodome']} ({env['pycryptodome_ffi']}), lmdb {env['lmdb']}, pykka {env['pykka']}, "
         f"load {env['load_at_start'][0]:.2f}")
     started = time.perf_counter()
     rows = run(sizes)
