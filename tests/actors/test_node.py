@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.messages import AddBlock, BlockReceived
+from actors.messages import AddBlock, BlockReceived, TxsReceived
 from actors.node import Node
+from actors.validation import SLICE_TXS
 from chain.block import HEADER_VERSION, Block, Header, merkle_root
 from chain.errors import ChainError, Code
 from chain.params import ChainParams
@@ -251,6 +252,26 @@ def test_a_transaction_verified_at_submission_is_not_verified_again_in_its_block
     assert node.store.index_entry(stranger.hash) is None
     mined = height(node)
     wait_until(lambda: height(node) > mined, WAIT_S, message="mining to go on")
+
+
+def test_a_block_that_overtakes_a_batch_of_its_transactions_does_not_get_them_verified_twice(
+    start_node: Callable[..., Node],
+) -> None:
+    # A node whose transaction pipeline lags its blocks: a batch of 200 transfers is queued
+    # for verification when the block holding them arrives. Blocks go first, so the block
+    # verifies them; the batch must then find them in the cache, not verify them again.
+    node = start_node(producer=False)
+    txs = [transfer(2, 3, 10, nonce=n) for n in range(200)]
+    block = ChainBuilder(PARAMS).mine(txs)
+    start = node.validation_stats()
+
+    node.refs.validation.tell(TxsReceived(tuple(tx.raw for tx in txs), b"peer-1"))
+    node.refs.validation.tell(BlockReceived(block.raw, b"peer-2"))
+    wait_until(lambda: height(node) == 1, WAIT_S, message="the block to be connected")
+    wait_until(lambda: node.validation_stats()["batches_queued"] == 0, WAIT_S, message="the batch to be done")
+    end = node.validation_stats()
+    assert end["verified"] - start["verified"] == len(txs), "a transaction's signature was verified twice"
+    assert end["cache_hits"] - start["cache_hits"] >= len(txs) - SLICE_TXS  # the batch found the block's work
 
 
 # --- stopping -----------------------------------------------------------------------------------------
