@@ -95,7 +95,7 @@ _SIZE = c_size_t(32)
 def _new_point(x: int, y: int) -> object:
     out = VoidPointer()
     if _ED25519.new_point(out.address_of(), c_uint8_ptr(x.to_bytes(32, "big")),
-                                  c_uint8_ptr(y.to_bytes(32, "big")), _SIZE, null_pointer):
+                          c_uint8_ptr(y.to_bytes(32, "big")), _SIZE, null_pointer):
         raise ValueError("not a point of Ed25519")
     return out.get()
 
@@ -152,8 +152,9 @@ def _check(key: _PublicKey, message: bytes, signature: bytes) -> bool:
     [8][S]B == [8]R + [8][k]A, evaluated as [8]([S]B - R - [k]A) == O (the same test: the
     group law, not an approximation of it). An error of the C library is raised, never turned
     into a verdict."""
+    lib = _ED25519
     out = VoidPointer()
-    if _ED25519.decode_point(out.address_of(), c_uint8_ptr(signature[:32]), _SIZE, null_pointer):
+    if lib.decode_point(out.address_of(), c_uint8_ptr(signature[:32]), _SIZE, null_pointer):
         return False
     r_point = out.get()
     sb = ka = None
@@ -167,19 +168,16 @@ def _check(key: _PublicKey, message: bytes, signature: bytes) -> bool:
         k = int.from_bytes(digest.digest(), "little") % _ORDER
         sb = _clone(_BASE)
         ka = _clone(key.point)
-        lib = _ED25519
         if (lib.scalar_public(sb, c_uint8_ptr(s.to_bytes(32, "big")), _SIZE)
                 or lib.scalar_public(ka, c_uint8_ptr(k.to_bytes(32, "big")), _SIZE)
                 or lib.add(ka, r_point) or lib.neg(ka) or lib.add(sb, ka)
                 or lib.double(sb) or lib.double(sb) or lib.double(sb)):
             raise ValueError("Ed25519 point arithmetic failed")
-        return _ED25519.cmp(sb, _IDENTITY) == 0
+        return lib.cmp(sb, _IDENTITY) == 0
     finally:
-        _ED25519.free_point(r_point)
-        if sb is not None:
-            _ED25519.free_point(sb)
-        if ka is not None:
-            _ED25519.free_point(ka)
+        for point in (r_point, sb, ka):
+            if point is not None:
+                lib.free_point(point)
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:
