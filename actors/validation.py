@@ -192,6 +192,17 @@ class ValidationActor(NodeActor):
         for tx in pending:
             self.cache.add(tx.id)
 
+    def _not_cached(self, job: _Job, txs: list[Transaction]) -> list[Transaction]:
+        """Those of `txs` not verified since `job` came; the others are settled as valid."""
+        fresh = []
+        for tx in txs:
+            if tx.id in self.cache:
+                job.verdicts[tx.id] = True
+            else:
+                fresh.append(tx)
+        self.stats["cache_hits"] += len(txs) - len(fresh)
+        return fresh
+
     def _to_workers(self, job: _Job) -> None:
         """Cut the job's pending signatures into chunks for the workers (one per worker, of at
         least MIN_CHUNK) and hand out what idle workers can take now."""
@@ -211,8 +222,15 @@ class ValidationActor(NodeActor):
             self._checker.start()
         while self._chunks:
             job, txs = self._chunks[0]
+            # A chunk waits here while every worker is busy: what another job verified
+            # meanwhile (a block and a batch holding the same transactions) is not sent again.
+            txs = self._not_cached(job, txs)
+            if not txs:
+                self._chunks.popleft()
+                continue
             token = self._next_token
             if not self._pool.submit(token, verify_chunk, self._items(txs)):
+                self._chunks[0] = (job, txs)
                 return  # every worker is busy: the next result dispatches more
             self._chunks.popleft()
             self._next_token += 1
@@ -239,6 +257,8 @@ class ValidationActor(NodeActor):
             self.stats["verified_by_workers"] += len(txs)
         for tx, ok in zip(txs, verdicts):
             job.verdicts[tx.id] = ok
+            if ok:
+                self.cache.add(tx.id)  # now, not when the job is done: the chunks still queued look here
         self._dispatch()
         self._deliver()
 
@@ -332,6 +352,7 @@ class ValidationActor(NodeActor):
         self._batches.append(job)
         if self.workers > 0 and len(pending) >= self.batch_min and not self._blocks:
             self._to_workers(job)
+            self._deliver()  # queued chunks found verified meanwhile may have finished their jobs
         elif not pending:
             self._deliver()
         elif not self._work_told:
@@ -347,13 +368,7 @@ class ValidationActor(NodeActor):
         job.done += len(txs)
         # A block may have brought and verified some of them since the batch came (blocks go
         # first): under load a lagging node otherwise verified ~5% of its transactions twice.
-        fresh = []
-        for tx in txs:
-            if tx.id in self.cache:
-                job.verdicts[tx.id] = True
-            else:
-                fresh.append(tx)
-        self.stats["cache_hits"] += len(txs) - len(fresh)
+        fresh = self._not_cached(job, txs)
         for tx, ok in zip(fresh, self._verify_here(fresh)):
             job.verdicts[tx.id] = ok
         self._deliver()

@@ -274,6 +274,30 @@ def test_a_block_that_overtakes_a_batch_of_its_transactions_does_not_get_them_ve
     assert end["cache_hits"] - start["cache_hits"] >= len(txs) - SLICE_TXS  # the batch found the block's work
 
 
+def test_chunks_waiting_for_a_worker_skip_what_another_job_verified_meanwhile(
+    start_node: Callable[..., Node],
+) -> None:
+    # One worker, which holds three chunks at a time (one running, two queued): four batches
+    # of 150 transfers (a chunk each) and the block holding all 600 arrive before it has
+    # answered. Batches 1-3 go out; batch 4 and the block's chunk wait. When batch 1 is
+    # answered, batch 4 goes out; when batch 2 is, the block's chunk goes, without the 300
+    # verified by then: 900 verifications, where sending the chunk as it was queued made 1,200.
+    node = start_node(producer=False, validation={"workers": 1, "batch_min": 10})
+    txs = [transfer(2, 3, 10, nonce=n) for n in range(600)]
+    block = ChainBuilder(PARAMS).mine(txs)
+    start = node.validation_stats()
+
+    for i in range(0, 600, 150):
+        node.refs.validation.tell(TxsReceived(tuple(tx.raw for tx in txs[i : i + 150]), b"peer-1"))
+    node.refs.validation.tell(BlockReceived(block.raw, b"peer-2"))
+    wait_until(lambda: height(node) == 1, WAIT_S, message="the block to be connected")
+    wait_until(lambda: node.validation_stats()["batches_queued"] == 0, WAIT_S, message="the batches to be done")
+    end = node.validation_stats()
+    assert end["verified_by_workers"] - start["verified_by_workers"] == 900
+    assert end["verified"] - start["verified"] == 900
+    assert all(confirmed(node, tx.id) is not None for tx in txs)
+
+
 # --- stopping -----------------------------------------------------------------------------------------
 
 
