@@ -537,13 +537,28 @@ def copy_ledger(source: Path, data_dir: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir()
-    shutil.copyfile(source / "data.mdb", target / "data.mdb")
+    copy_sparse(source / "data.mdb", target / "data.mdb")
     # On disk before the node starts, as a real node's ledger is: otherwise the node's first
     # commit (fdatasync) writes out the whole copy, up to 4 GiB, inside the measured time
     # (the first block of a sync on the 10^6-account store came 1.1 s after the handshake
     # instead of 0.2 s).
     with open(target / "data.mdb", "rb+") as f:
         os.fsync(f.fileno())
+
+
+def copy_sparse(source: Path, target: Path, chunk: int = 1 << 20) -> None:
+    """Copy a file leaving its all-zero chunks as holes. A growth ledger is a 4 GiB map of
+    which a tenth holds data: copied whole, two such copies a sync wrote 8 GB and pushed
+    the page cache around, so that one round in four met its ledger cold (20,000 pages read
+    from disk in the 11:04 run, its storage time doubled) while the others did not."""
+    zero = bytes(chunk)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while block := src.read(chunk):
+            if block == zero[: len(block)]:
+                dst.seek(len(block), os.SEEK_CUR)
+            else:
+                dst.write(block)
+        dst.truncate()
 
 
 def prepared(cache: Path, name: str, build) -> Path:
