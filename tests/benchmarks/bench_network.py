@@ -756,7 +756,8 @@ def run_growth(root: Path, cache: Path, sizes: Sizes, pool, rows: list[bn.Row], 
                                  "rate": work / result["seconds"], "cpu_rate": work / result["cpu_seconds"],
                                  "storage_seconds": result["storage_seconds"], "major_faults": result["major_faults"]})
             log(f"  admission {bn._rates(admit[name][-1])} (A {bn._rates(base_a[name][-1])}); "
-                f"sync {bn._rates(synced[name][-1])} (B {bn._rates(base_b[name][-2])} / {bn._rates(base_b[name][-1])}), "
+                f"sync {bn._rates(synced[name][-1])} "
+                f"(B {bn._rates(base_b[name][-2])} / {bn._rates(base_b[name][-1])}), "
                 f"storage {result['storage_seconds']:.2f} s, {result['major_faults']:,} pages read from disk")
     report["growth"] = {n: {"admission": admit[n], "A": base_a[n], "sync": synced[n], "B": base_b[n]} for n in results}
     small = "1e3 accounts, 1e3 blocks"

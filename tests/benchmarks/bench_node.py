@@ -715,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     env = environment()
     log(f"peerledger node benchmark ({'quick' if args.quick else 'full'}): {env['cpus']} CPUs {env['cpu_model']}, "
-        f"Python {env['python']}, pycryptodome {env['pycryptodome']} ({env['pycryptodome_ffi']}), lmdb {env['lmdb']}, pykka {env['pykka']}, "
+        f"Python {env['python']}, pycryptodome {env['pycryptodome']} ({env['pycryptodome_ffi']}), "
+        f"lmdb {env['lmdb']}, pykka {env['pykka']}, "
         f"load {env['load_at_start'][0]:.2f}")
     started = time.perf_counter()
     rows = run(sizes)
