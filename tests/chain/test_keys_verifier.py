@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 
 from Crypto.Signature import eddsa
 
-from chain.keys import SigningKey, verify
+from chain.keys import SigningKey, _public_key, verify
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ORDER = 2**252 + 27742317777372353535851937790883648493
+P = 2**255 - 19
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "data" / "ed25519" / "cctv_ed25519vectors.json").read_text())
 # Encodings of points of small order and non-canonical encodings, taken from the vectors' R.
 EDGE_POINTS = sorted({bytes.fromhex(v["sig"])[:32] for v in VECTORS} | {bytes.fromhex(v["key"]) for v in VECTORS})
@@ -86,6 +87,39 @@ def test_verify_agrees_with_the_library_on_edge_keys_and_commitments():
             assert verify(public, message, sig) == reference(public, message, sig), (point.hex(), public.hex())
             checked += 1
     assert checked == 2 * len(EDGE_POINTS) >= 60
+
+
+def library_reading(public: bytes) -> bytes | None:
+    """The key as the library reads it, re-encoded as it exports it (what goes into the
+    hash); None for a key it refuses or one of small order (which we refuse)."""
+    try:
+        key = eddsa.import_public_key(public)
+    except ValueError:
+        return None
+    point = key.pointQ.copy()
+    point.double().double().double()
+    return None if point.is_point_at_infinity() else key.export_key(format="raw")
+
+
+def our_reading(public: bytes) -> bytes | None:
+    key = _public_key.__wrapped__(public)  # not the cache: each call decodes
+    return None if key is None else key.encoded
+
+
+def test_public_keys_are_read_as_the_library_reads_them():
+    # The edge points hold every point of small order and non-canonical encodings (x = 0
+    # with the sign bit set); y + p for each y < 19 is the other non-canonical kind.
+    non_canonical = [((y + P) | sign << 255).to_bytes(32, "little") for y in range(19) for sign in (0, 1)]
+    keys = EDGE_POINTS + non_canonical + [k.public for k in KEYS]
+    readings = [(our_reading(k), library_reading(k)) for k in keys]
+    assert all(ours == theirs for ours, theirs in readings), [k.hex() for k, r in zip(keys, readings) if r[0] != r[1]]
+    assert {theirs is None for _, theirs in readings} == {True, False}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=32, max_size=32))
+def test_random_public_keys_are_read_as_the_library_reads_them(public):
+    assert our_reading(public) == library_reading(public)
 
 
 def test_a_valid_signature_verifies_and_the_same_one_on_another_message_does_not():
