@@ -131,9 +131,10 @@ class _PublicKey:
             free(self.point)
 
 
-# Both caches are sized for the senders active at once, not for every sender ever seen: full,
-# 65,536 parsed keys held 25-35 MB and 65,536 addresses 13 MB, more than an idle node's whole
-# budget on a network of many occasional senders; a miss costs 37 us here and 0.5 us below.
+# Both caches are sized for the senders active at once, not for every sender ever seen: at
+# 65,536 entries the keys took 25 MB (half of them refused keys, cached too) and the
+# addresses 13 MB, much of an idle node's budget on a network of many occasional senders.
+# A miss costs 37 us here and 0.5 us below.
 KEY_CACHE = 8192
 
 
