@@ -123,8 +123,8 @@ class _PublicKey:
     __slots__ = ("point", "encoded")
 
     def __init__(self, point: object) -> None:
-        self.point = point
-        self.encoded = b""
+        self.point = point  # owned from here: freed with this object, also if _encode fails
+        self.encoded = _encode(point)
 
     def __del__(self, free=_ED25519.free_point) -> None:  # bound now: at exit globals are gone
         if self.point is not None:
@@ -152,7 +152,6 @@ def _public_key(public: bytes) -> _PublicKey | None:
         # A small-order key verifies forged signatures (the all-zero key accepts an all-zero
         # signature on any message): whatever it "signs" proves nothing, so it signs nothing.
         return None
-    key.encoded = _encode(key.point)
     return key
 
 

@@ -33,16 +33,28 @@ EDGE_POINTS = sorted({bytes.fromhex(v["sig"])[:32] for v in VECTORS} | {bytes.fr
 KEYS = [SigningKey.from_seed(bytes([i]) * 32) for i in range(8)]
 
 
-def reference(public: bytes, message: bytes, signature: bytes) -> bool:
-    """pycryptodome's verdict, plus our refusal of small-order keys (which the library lacks)."""
+def library_key(public: bytes):
+    """The key as the library imports it; None for a key it refuses, or one of small order
+    (which we refuse: the library lacks that rule)."""
     try:
         key = eddsa.import_public_key(public)
+    except ValueError:
+        return None
+    point = key.pointQ.copy()
+    point.double().double().double()
+    return None if point.is_point_at_infinity() else key
+
+
+def reference(public: bytes, message: bytes, signature: bytes) -> bool:
+    """pycryptodome's verdict, plus our refusal of small-order keys."""
+    key = library_key(public)
+    if key is None:
+        return False
+    try:
         eddsa.new(key, "rfc8032").verify(message, signature)
     except ValueError:
         return False
-    point = key.pointQ.copy()
-    point.double().double().double()
-    return not point.is_point_at_infinity()
+    return True
 
 
 def tamper(signature: bytes, how: int, data: bytes) -> bytes:
@@ -90,15 +102,9 @@ def test_verify_agrees_with_the_library_on_edge_keys_and_commitments():
 
 
 def library_reading(public: bytes) -> bytes | None:
-    """The key as the library reads it, re-encoded as it exports it (what goes into the
-    hash); None for a key it refuses or one of small order (which we refuse)."""
-    try:
-        key = eddsa.import_public_key(public)
-    except ValueError:
-        return None
-    point = key.pointQ.copy()
-    point.double().double().double()
-    return None if point.is_point_at_infinity() else key.export_key(format="raw")
+    """`library_key` re-encoded as the library exports it (what goes into the hash)."""
+    key = library_key(public)
+    return None if key is None else key.export_key(format="raw")
 
 
 def our_reading(public: bytes) -> bytes | None:
