@@ -210,8 +210,7 @@ class MemoryWatch:
     def __init__(self, nodes: list[NodeProcess], interval: float = 1.0) -> None:
         self.nodes = nodes
         self.interval = interval
-        self.peak: dict[str, int] = {}  # node name -> highest VmRSS seen
-        self.peak_split: dict[str, dict[str, int]] = {}  # node name -> bn.rss_split at that peak
+        self.peak_split: dict[str, dict[str, int]] = {}  # node name -> bn.rss_split at its highest VmRSS
         self.children: dict[str, int] = {}  # "what" -> highest VmRSS of one such child
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -220,13 +219,17 @@ class MemoryWatch:
         for node in self.nodes:
             with contextlib.suppress(OSError, AssertionError):
                 split = bn.rss_split(node.pid)
-                if split["rss"] >= self.peak.get(node.name, 0):
-                    self.peak[node.name] = split["rss"]
+                if split["rss"] >= self.peak_split.get(node.name, {"rss": 0})["rss"]:
                     self.peak_split[node.name] = split
                 for child in bn._children(node.pid):
                     what = describe_child(child)
                     rss = bn._proc_status(child).get("VmRSS", 0)
                     self.children[what] = max(self.children.get(what, 0), rss)
+
+    @property
+    def peak(self) -> dict[str, int]:
+        """Node name -> highest VmRSS seen."""
+        return {name: split["rss"] for name, split in self.peak_split.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -461,18 +461,20 @@ def ledger_mapped(pid: int) -> int:
     mapped, current = 0, ""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-            head = line.split(maxsplit=1)[0] if line else ""
-            if not head.endswith(":"):
-                current = line.rsplit(maxsplit=1)[-1] if len(line.split()) >= 6 else ""
-            elif head == "Rss:" and current.endswith("/data.mdb"):
-                mapped += int(line.split()[1]) * 1024
+            fields = line.split()
+            if not fields:
+                continue
+            if not fields[0].endswith(":"):  # a mapping's header: its path is the sixth field
+                current = fields[-1] if len(fields) >= 6 else ""
+            elif fields[0] == "Rss:" and current.endswith("/data.mdb"):
+                mapped += int(fields[1]) * 1024
     return mapped
 
 
-def rss_split(pid: int) -> dict[str, int]:
+def rss_split(pid: int, status: dict[str, int] | None = None) -> dict[str, int]:
     """VmRSS and its parts: anonymous memory (the process's own), file-backed, and of that the
-    ledger's pages (`ledger_mapped`)."""
-    status = _proc_status(pid)
+    ledger's pages (`ledger_mapped`). `status`: `_proc_status(pid)` if already read."""
+    status = _proc_status(pid) if status is None else status
     return {"rss": status.get("VmRSS", 0), "anon": status.get("RssAnon", 0), "file": status.get("RssFile", 0),
             "ledger": ledger_mapped(pid)}
 
@@ -514,9 +516,8 @@ def _describe(pid: int, worker: str = "spawn worker (PoW mining)") -> str:
 def _memory(pid: int, what: str) -> dict:
     s = _proc_status(pid)
     private = s.get("smaps_Private_Clean", 0) + s.get("smaps_Private_Dirty", 0)
-    return {"pid": pid, "what": what, "rss": s.get("VmRSS", 0), "hwm": s.get("VmHWM", 0),
-            "pss": s.get("smaps_Pss", 0), "private": private, "anon": s.get("RssAnon", 0),
-            "file": s.get("RssFile", 0), "ledger": ledger_mapped(pid)}
+    return {"pid": pid, "what": what, "hwm": s.get("VmHWM", 0), "pss": s.get("smaps_Pss", 0), "private": private,
+            **rss_split(pid, s)}
 
 
 def idle_memory(seconds: float) -> dict:
