@@ -297,9 +297,18 @@ class TxPool:
 
     # --- selection -----------------------------------------------------------------------
 
-    def select(self, max_bytes: int, max_txs: int) -> list[Transaction]:
-        """Best fee per byte first, each sender's transactions in nonce order."""
-        heap = [(-run[0].fee_rate, sender, 0) for sender, run in self.by_sender.items()]
+    def select(self, max_bytes: int, max_txs: int, now_ms: int = 0, min_age_ms: int = 0) -> list[Transaction]:
+        """Best fee per byte first, each sender's transactions in nonce order, none that came
+        less than `min_age_ms` before `now_ms` (nor, then, the later nonces of its sender).
+
+        An entry "from the future" counts as old: the wall clock stepped back since it came
+        (a Pi setting its clock after boot), and waiting for the clock to catch up could
+        hold transactions out of blocks for hours."""
+
+        def settled(entry: Entry) -> bool:
+            return not 0 <= now_ms - entry.added_ms < min_age_ms
+
+        heap = [(-run[0].fee_rate, sender, 0) for sender, run in self.by_sender.items() if settled(run[0])]
         heapq.heapify(heap)
         chosen: list[Transaction] = []
         size = 0
@@ -311,7 +320,7 @@ class TxPool:
             chosen.append(tx)
             size += tx.size
             run = self.by_sender[sender]
-            if index + 1 < len(run):
+            if index + 1 < len(run) and settled(run[index + 1]):
                 heapq.heappush(heap, (-run[index + 1].fee_rate, sender, index + 1))
         return chosen
 
@@ -427,7 +436,8 @@ class MempoolActor(NodeActor):
         if self.store.tip().hash != self._tip.hash:
             return False
         if isinstance(message, WantTxs):
-            txs = self.pool.select(max(0, message.max_bytes - self.TEMPLATE_OVERHEAD), message.max_txs)
+            txs = self.pool.select(max(0, message.max_bytes - self.TEMPLATE_OVERHEAD), message.max_txs,
+                                   _now_ms(), message.min_age_ms)
             message.reply_to.tell(BlockTemplateTxs(message.tip_hash, tuple(txs)))
             return True
         results = self._add(message.txs, message.origin)

@@ -102,6 +102,7 @@ class WantTxs:
     max_bytes: int
     max_txs: int
     reply_to: Any  # ActorRef of the producer
+    min_age_ms: int = 0  # leave out transactions that came this recently (ProducerSettings.min_tx_age_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,8 @@ class Node:
                 if self.staking_key is None:
                     raise ValueError("staking on a Proof of Stake network needs the wallet key")
                 self.refs.producer = StakerActor.start(
-                    self, self.refs, self.store, self.clock, self.params, key=self.staking_key
+                    self, self.refs, self.store, self.clock, self.params, key=self.staking_key,
+                    min_tx_age_ms=s.producer.min_tx_age_ms,
                 )
             elif s.producer.enabled and s.producer.workers > 0:
                 self.refs.producer = ProducerActor.start(
@@ -114,6 +115,7 @@ class Node:
                     workers=s.producer.workers,
                     reward_address=self.reward_address,
                     chunk_nonces=s.producer.chunk_nonces,
+                    min_tx_age_ms=s.producer.min_tx_age_ms,
                 )
             if s.network.enabled:
                 self._start_network()

@@ -42,6 +42,7 @@ class ProducerActor(NodeActor):
         workers: int,
         reward_address: bytes,
         chunk_nonces: int,
+        min_tx_age_ms: int = 0,
     ) -> None:
         super().__init__(supervisor)
         self.refs = refs
@@ -51,6 +52,7 @@ class ProducerActor(NodeActor):
         self.workers = workers
         self.reward_address = reward_address
         self.chunk_nonces = chunk_nonces
+        self.min_tx_age_ms = min_tx_age_ms
         self._pool = None
         self._job = 0
         self._template: Header | None = None
@@ -105,7 +107,8 @@ class ProducerActor(NodeActor):
         self._waiting_for_txs = True
         self.refs.tell(
             "mempool",
-            WantTxs(self.store.tip().hash, self.params.max_block_bytes, self.params.max_block_txs, self.actor_ref),
+            WantTxs(self.store.tip().hash, self.params.max_block_bytes, self.params.max_block_txs, self.actor_ref,
+                    self.min_tx_age_ms),
         )
         if self.refs.mempool is None:
             self._waiting_for_txs = False

@@ -54,6 +54,7 @@ class StakerActor(NodeActor):
         params: ChainParams,
         *,
         key: SigningKey,
+        min_tx_age_ms: int = 0,
     ) -> None:
         super().__init__(supervisor)
         self.refs = refs
@@ -62,6 +63,7 @@ class StakerActor(NodeActor):
         self.params = params
         self.key = key
         self.address = key.address
+        self.min_tx_age_ms = min_tx_age_ms
         self._candidate: _Candidate | None = None
         # The highest slot this staker has signed a block for. Two different blocks for one
         # slot are evidence that slashes the whole stake, so a slot is signed at most once,
@@ -123,9 +125,8 @@ class StakerActor(NodeActor):
         if self.refs.mempool is None:
             self._produce(tip.hash, ())
             return
-        self.refs.tell(
-            "mempool", WantTxs(tip.hash, self.params.max_block_bytes, self.params.max_block_txs, self.actor_ref)
-        )
+        self.refs.tell("mempool", WantTxs(tip.hash, self.params.max_block_bytes, self.params.max_block_txs,
+                                          self.actor_ref, self.min_tx_age_ms))
 
     def _produce(self, tip_hash: bytes, txs: tuple) -> None:
         c = self._candidate

@@ -443,6 +443,9 @@ class ProducerSettings:
     workers: int = _setting(Int(0, 64), 1, "PoW mining processes; 0: enabled but mines nothing")
     reward_address: str = _setting(Address(), "", "where block rewards go; empty: the node's default wallet")
     chunk_nonces: int = _setting(Int(1000), 200_000, "nonces per worker chunk; smaller reacts faster to new tips")
+    min_tx_age_ms: int = _setting(
+        Int(0, 60_000), 300, "transactions that came this recently wait for a later block, which peers then have verified"
+    )
 
 
 @dataclass(**_KW)

@@ -115,6 +115,38 @@ def test_select_keeps_each_senders_nonce_order() -> None:
     assert pool.select(2 * TX_SIZE, 100) == [b0, a0]
 
 
+
+def test_select_leaves_out_transactions_younger_than_min_age() -> None:
+    ledger = Ledger()
+    ledger.fund(0), ledger.fund(1), ledger.fund(2)
+    pool = make_pool(ledger)
+    a0, a1 = tx(0, 0, fee=1), tx(0, 1, fee=100)
+    b0 = tx(1, 0, fee=20)
+    c0 = tx(2, 0, fee=5)
+    pool.add(a0, 10_000)
+    pool.add(b0, 10_000)
+    pool.add(a1, 10_200)  # young: 100 ms old at 10,300
+    pool.add(c0, 10_250)  # young
+    assert pool.select(1_000_000, 100, now_ms=10_300, min_age_ms=300) == [b0, a0]
+    # Exactly min_age old is old enough; the sender's later nonce follows once it is too.
+    assert pool.select(1_000_000, 100, now_ms=10_500, min_age_ms=300) == [b0, a0, a1]
+    assert pool.select(1_000_000, 100, now_ms=10_550, min_age_ms=300) == [b0, c0, a0, a1]
+    # min_age 0 takes everything, as before.
+    assert pool.select(1_000_000, 100, now_ms=10_300, min_age_ms=0) == [b0, c0, a0, a1]
+
+
+def test_select_counts_a_transaction_from_before_a_clock_step_back_as_old() -> None:
+    """A Pi whose clock is set back after boot must not hold its pending transactions out of
+    blocks until the clock catches up with the time they came."""
+    ledger = Ledger()
+    ledger.fund(0)
+    pool = make_pool(ledger)
+    a0 = tx(0, 0)
+    pool.add(a0, 5_000_000)
+    assert pool.select(1_000_000, 100, now_ms=1_000, min_age_ms=300) == [a0]
+    assert pool.select(1_000_000, 100, now_ms=5_000_100, min_age_ms=300) == []
+
+
 # --- admission ------------------------------------------------------------------------------------
 
 

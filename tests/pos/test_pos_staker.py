@@ -51,12 +51,25 @@ def transfer(i: int, params):
     return sign_tx(key(i), params.network_id, nonce=0, fee=1, recipient=key(9).address, amount=5)
 
 
-def setup(tmp_path, stakes):
+def setup(tmp_path, stakes, **options):
     params = make_pos_params(stakes=stakes, initial_difficulty=1)
     store = Store.open(tmp_path / "data", params, map_size=1 << 24)
     clock, refs = Clock(), Recorder()
-    actor = StakerActor(Supervisor(), refs, store, clock, params, key=staker(0))
+    actor = StakerActor(Supervisor(), refs, store, clock, params, key=staker(0), **options)
     return params, store, clock, refs, actor
+
+
+def test_the_staker_asks_the_mempool_for_transactions_old_enough(tmp_path):
+    params, store, clock, refs, actor = setup(tmp_path, (1000,), min_tx_age_ms=250)
+    try:
+        slot = store.tip().timestamp_ms // params.slot_ms + 1
+        clock.now = slot * params.slot_ms + 10
+        actor.on_receive(SlotTick(slot))
+        name, wanted = refs.told[-1]
+        assert name == "mempool" and isinstance(wanted, WantTxs)
+        assert wanted.min_age_ms == 250
+    finally:
+        store.close()
 
 
 def test_a_slot_ticked_twice_before_its_block_connects_is_signed_once(tmp_path):
