@@ -8,7 +8,8 @@ Policy, as a node operator expects it:
   is last in its sender's run (evicting one in the middle would strand the ones after it),
   and is refused if it pays no more than that;
 - transactions expire after a while; blocks are filled by fee per byte, each sender's
-  transactions in nonce order;
+  transactions in nonce order, with those that came less than the producer's
+  `min_tx_age_ms` ago left for a later block (by then the peers have verified them);
 - after every new tip or reorganisation the pool drops what was confirmed or became
   invalid, and takes back the transactions of disconnected blocks.
 Signatures were checked before anything gets here.
