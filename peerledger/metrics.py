@@ -27,7 +27,8 @@ Metric names are stable (configs/grafana-dashboard.json uses them):
     peerledger_transport_send_queue, peerledger_transport_links{direction}
     peerledger_notifications_total{topic}, peerledger_notifications_dropped_total
     peerledger_producer_blocks_total, peerledger_producer_hash_rate
-    peerledger_signatures_verified_total, peerledger_signature_cache_hits_total
+    peerledger_signatures_verified_total, peerledger_signature_cache_hits_total,
+    peerledger_block_txs_unseen_total
     peerledger_clock_offset_seconds, peerledger_start_time_seconds
     peerledger_resident_memory_bytes, peerledger_resident_memory_peak_bytes
     peerledger_actor_up{actor}
@@ -196,6 +197,9 @@ def render(node: Any, node_id: bytes, version: str) -> str:
                     validation["blocks_invalid"])
         out.counter("signatures_verified_total", "signatures verified", validation["verified"])
         out.counter("signature_cache_hits_total", "signature checks saved by the cache", validation["cache_hits"])
+        out.counter("block_txs_unseen_total", "transactions of arriving blocks not verified here before "
+                    "(verified on the block's way; many: raise [producer] min_tx_age_ms)",
+                    validation["block_txs_unseen"])
 
     # mempool
     if mempool is not None:

@@ -258,6 +258,7 @@ def test_a_transaction_verified_at_submission_is_not_verified_again_in_its_block
     after = node.validation_stats()  # answered after the block: one inbox, in order
     assert after["verified"] == submitted["verified"]
     assert after["cache_hits"] == submitted["cache_hits"] + 1
+    assert after["block_txs_unseen"] == start["block_txs_unseen"]
 
     # A block with a transaction never seen costs a verification (the counter is live).
     fresh = transfer(3, 2, 5, nonce=0)
@@ -270,6 +271,7 @@ def test_a_transaction_verified_at_submission_is_not_verified_again_in_its_block
     later = node.validation_stats()
     assert later["verified"] == after["verified"] + 1
     assert later["cache_hits"] == after["cache_hits"]
+    assert later["block_txs_unseen"] == after["block_txs_unseen"] + 1
     # Its wrong difficulty is the storage actor's business: refused, the node goes on.
     assert node.store.index_entry(stranger.hash) is None
     mined = height(node)
