@@ -115,7 +115,6 @@ def test_select_keeps_each_senders_nonce_order() -> None:
     assert pool.select(2 * TX_SIZE, 100) == [b0, a0]
 
 
-
 def test_select_leaves_out_transactions_younger_than_min_age() -> None:
     ledger = Ledger()
     ledger.fund(0), ledger.fund(1), ledger.fund(2)

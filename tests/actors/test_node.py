@@ -138,21 +138,17 @@ def test_blocks_leave_out_transactions_younger_than_min_tx_age(tmp_path: Path) -
     node = Node(settings, PARAMS, reward_address=MINER)
     node.start()
     try:
-        _check_young_transaction_waits(node)
+        wait_until(lambda: height(node) >= 1, WAIT_S, message="the node to mine a block")
+        tx = transfer(0, 1, 1_000, nonce=0)
+        submitted = time.monotonic()
+        assert node.submit_tx(tx.raw) == tx.id
+        start = height(node)
+        wait_until(lambda: height(node) >= start + 3, WAIT_S, message="three more blocks")
+        assert time.monotonic() - submitted < 50, "the blocks came too late to show anything"
+        assert confirmed(node, tx.id) is None
+        assert node.mempool_info(txid=tx.id)["tx"] == tx  # pending, for a later block
     finally:
         node.stop()
-
-
-def _check_young_transaction_waits(node: Node) -> None:
-    wait_until(lambda: height(node) >= 1, WAIT_S, message="the node to mine a block")
-    tx = transfer(0, 1, 1_000, nonce=0)
-    submitted = time.monotonic()
-    assert node.submit_tx(tx.raw) == tx.id
-    start = height(node)
-    wait_until(lambda: height(node) >= start + 3, WAIT_S, message="three more blocks")
-    assert time.monotonic() - submitted < 50, "the blocks came too late to show anything"
-    assert confirmed(node, tx.id) is None
-    assert node.mempool_info(txid=tx.id)["tx"] == tx  # pending, for a later block
 
 
 def test_submit_tx_refusals_carry_their_codes(start_node: Callable[..., Node]) -> None:
