@@ -101,8 +101,8 @@ class WantTxs:
     tip_hash: bytes
     max_bytes: int
     max_txs: int
+    min_age_ms: int  # leave out transactions that came this recently (ProducerSettings.min_tx_age_ms)
     reply_to: Any  # ActorRef of the producer
-    min_age_ms: int = 0  # leave out transactions that came this recently (ProducerSettings.min_tx_age_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ class ProducerActor(NodeActor):
         workers: int,
         reward_address: bytes,
         chunk_nonces: int,
-        min_tx_age_ms: int = 0,
+        min_tx_age_ms: int,
     ) -> None:
         super().__init__(supervisor)
         self.refs = refs
@@ -107,8 +107,8 @@ class ProducerActor(NodeActor):
         self._waiting_for_txs = True
         self.refs.tell(
             "mempool",
-            WantTxs(self.store.tip().hash, self.params.max_block_bytes, self.params.max_block_txs, self.actor_ref,
-                    self.min_tx_age_ms),
+            WantTxs(self.store.tip().hash, self.params.max_block_bytes, self.params.max_block_txs, self.min_tx_age_ms,
+                    self.actor_ref),
         )
         if self.refs.mempool is None:
             self._waiting_for_txs = False

@@ -54,7 +54,7 @@ class StakerActor(NodeActor):
         params: ChainParams,
         *,
         key: SigningKey,
-        min_tx_age_ms: int = 0,
+        min_tx_age_ms: int,
     ) -> None:
         super().__init__(supervisor)
         self.refs = refs
@@ -126,7 +126,7 @@ class StakerActor(NodeActor):
             self._produce(tip.hash, ())
             return
         self.refs.tell("mempool", WantTxs(tip.hash, self.params.max_block_bytes, self.params.max_block_txs,
-                                          self.actor_ref, self.min_tx_age_ms))
+                                          self.min_tx_age_ms, self.actor_ref))
 
     def _produce(self, tip_hash: bytes, txs: tuple) -> None:
         c = self._candidate

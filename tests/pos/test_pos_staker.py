@@ -51,11 +51,12 @@ def transfer(i: int, params):
     return sign_tx(key(i), params.network_id, nonce=0, fee=1, recipient=key(9).address, amount=5)
 
 
-def setup(tmp_path, stakes, **options):
+def setup(tmp_path, stakes, min_tx_age_ms=0):
     params = make_pos_params(stakes=stakes, initial_difficulty=1)
     store = Store.open(tmp_path / "data", params, map_size=1 << 24)
     clock, refs = Clock(), Recorder()
-    actor = StakerActor(Supervisor(), refs, store, clock, params, key=staker(0), **options)
+    actor = StakerActor(Supervisor(), refs, store, clock, params, key=staker(0),
+                        min_tx_age_ms=min_tx_age_ms)
     return params, store, clock, refs, actor
 
 
