@@ -26,7 +26,8 @@ from chain.params import genesis_accounts, genesis_header
 from chain.pow import meets_target, nonce_proof, search_nonce
 from chain.state import state_digest, state_hash_hex
 from chain.tx import Transaction
-from storage.store import AddResult, Store, StoreError, StoreLocked
+import storage.store
+from storage.store import AddResult, Store, StoreError, StoreLocked, _RecentBlocks
 from tests.chainbuilder import INITIAL_BALANCE, ChainBuilder, key, make_params
 from tests.storage.replay import replay_state_digest
 
@@ -310,6 +311,40 @@ def test_heavier_branch_reorganises_and_back_restores_the_exact_state(tmp_path: 
                 assert store.tx_location(tx.id) == (block.hash, block.height, position)
     finally:
         store.close()
+
+
+def test_reorganisation_to_a_recent_rival_reads_no_block_back_from_disk(
+    tmp_path: Path, builder: ChainBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(tmp_path / "node", builder.params)
+    try:
+        a1 = builder.mine(transfers=[(0, 1, 100)])
+        b1 = builder.mine(transfers=[(1, 2, 50)], parent=builder.genesis.hash, producer=SIDE)
+        b2 = builder.mine(transfers=[(2, 3, 5)], parent=b1.hash, producer=SIDE)
+        assert add(store, a1).status == "connected"
+        assert add(store, b1).status == "side_branch"
+        decoded = []
+        real_decode = storage.store.decode_block
+        monkeypatch.setattr(storage.store, "decode_block", lambda raw: decoded.append(raw) or real_decode(raw))
+        result = add(store, b2)
+        assert result.status == "reorganized"
+        assert result.disconnected == (a1,) and result.connected == (b1, b2)
+        assert decoded == []  # a1 and b1 were still held decoded
+        assert_state(store, builder, b2.hash)
+        assert store.tx_location(a1.txs[0].id) is None and store.tx_location(b1.txs[0].id) == (b1.hash, 1, 0)
+    finally:
+        store.close()
+
+
+def test_recent_blocks_are_bounded_by_count_and_by_transactions(builder: ChainBuilder) -> None:
+    blocks = [builder.mine(transfers=[(0, 1, 1)] * n) for n in (1, 2, 3, 4, 5)]
+    txs = [len(b.txs) for b in blocks]
+    recent = _RecentBlocks(max_blocks=3, max_txs=sum(txs[2:5]))
+    recent.keep(blocks)
+    assert [recent.get(b.hash) for b in blocks] == [None, None, *blocks[2:]]
+    recent = _RecentBlocks(max_blocks=10, max_txs=txs[4] - 1)
+    recent.keep(blocks)
+    assert [recent.get(b.hash) for b in blocks] == [None] * 4 + [blocks[4]]  # the newest stays, whatever its size
 
 
 BAD_KINDS = ["double_spend", "replayed_nonce", "wrong_nonce", "insufficient_funds"]
