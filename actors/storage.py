@@ -10,6 +10,10 @@ one write transaction (Store.add_blocks): one commit and one flush to disk, one 
 for up to MAX_RUN_BLOCKS blocks, with the same atomicity as one block. The queue is added
 when it is full, when a block near the best header arrives, RUN_WAIT_S after it started,
 and when the actor stops. Near the tip every block is added at once, as it comes.
+
+The transaction index follows in a write transaction of its own once the new tip is told
+(Store.index_txs): a block reaches the other actors and the peers without waiting for it.
+It is caught up in bounded steps, between other messages, when the node starts.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ class _AddQueued:
     """To itself (from a timer): add the blocks queued for a run."""
 
 
+@dataclass(frozen=True, slots=True)
+class _IndexTxs:
+    """To itself: bring the transaction index further toward the tip."""
+
+
 class StorageActor(NodeActor):
     name = "storage"
 
@@ -75,6 +84,9 @@ class StorageActor(NodeActor):
         self._timer: threading.Timer | None = None
         self.stats["runs"] = 0  # write transactions that connected several blocks
 
+    def on_start(self) -> None:
+        self.actor_ref.tell(_IndexTxs())  # a power cut may have left it behind
+
     def on_stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -87,6 +99,8 @@ class StorageActor(NodeActor):
             case _AddQueued():
                 self._timer = None
                 self._add_queued()
+            case _IndexTxs():
+                self._index_txs()
             case AddHeaders(headers, origin):
                 self._add_headers(headers, origin)
             case SavePeers(records, bans):
@@ -169,7 +183,12 @@ class StorageActor(NodeActor):
         self._after_connect(len(run))
         return True
 
+    def _index_txs(self) -> None:
+        if self.store.index_txs():
+            self.actor_ref.tell(_IndexTxs())  # more after the messages waiting
+
     def _after_connect(self, blocks: int) -> None:
+        self._index_txs()
         self._since_prune += blocks
         if self._since_prune >= PRUNE_EVERY:
             self._since_prune = 0

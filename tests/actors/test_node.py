@@ -151,6 +151,24 @@ def test_blocks_leave_out_transactions_younger_than_min_tx_age(tmp_path: Path) -
         node.stop()
 
 
+def test_a_transaction_index_left_behind_catches_up_when_the_node_starts(
+    tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    builder = ChainBuilder(PARAMS)
+    blocks = [builder.mine(transfers=[(0, i + 1, 10)]) for i in range(3)]
+    store = Store.open(tmp_path / "node0", PARAMS)  # node0's data directory
+    for block in blocks:
+        store.add_block(block, block.header.timestamp_ms)
+    store.close()  # blocks committed, index not: what a power cut between the two commits leaves
+    store = Store.open(tmp_path / "node0", PARAMS)
+    assert store.index_behind() and store.tx_location(blocks[0].txs[0].id) is None
+    store.close()
+    node = start_node(producer=False)
+    for block in blocks:
+        wait_until(lambda block=block: confirmed(node, block.txs[0].id) == (block.hash, block.height, 0), WAIT_S)
+    assert not node.store.index_behind()
+
+
 def test_submit_tx_refusals_carry_their_codes(start_node: Callable[..., Node]) -> None:
     node = start_node(producer=False, mempool={"min_fee": 2})
 

@@ -117,7 +117,10 @@ def assert_state(store: Store, builder: ChainBuilder, tip_hash: bytes) -> None:
 
 
 def assert_tx_index(store: Store, known: list[Block]) -> None:
-    """Every transaction of the main chain is found where it is; any other is not found."""
+    """Once the index has caught up, every transaction of the main chain is found where it
+    is; any other is not found."""
+    while store.index_txs():
+        pass
     on_main = {}
     for height in range(store.tip().height + 1):
         block = store.block(store.hash_at(height))
@@ -205,7 +208,8 @@ def test_connecting_blocks_moves_balances_nonces_and_indexes(tmp_path: Path, bui
         miner = store.account(key(-1).address)
         fees = sum(tx.fee for b in blocks for tx in b.txs)
         assert miner.balance == 30 * builder.params.block_reward + fees
-        # Every transaction is found where it was confirmed.
+        # Every transaction is found where it was confirmed, once the index has caught up.
+        assert store.index_behind() and store.index_txs() is False and not store.index_behind()
         for block in blocks:
             assert store.hash_at(block.height) == block.hash
             assert store.block(block.hash) == block and store.block_raw(block.hash) == block.raw
@@ -268,6 +272,7 @@ def test_heavier_branch_reorganises_and_back_restores_the_exact_state(tmp_path: 
         a3 = builder.mine(transfers=[(2, 3, 5)])
         for block in (a1, a2, a3):
             assert add(store, block).status == "connected"
+        store.index_txs()  # the index then trails on the branch the reorganisations leave
         state_a3 = snapshot(store)
         assert store.account(FRESH).balance == 40
 
@@ -278,6 +283,7 @@ def test_heavier_branch_reorganises_and_back_restores_the_exact_state(tmp_path: 
         b4 = builder.mine(transfers=[(1, 2, 9)], parent=b3.hash, producer=SIDE)
         result = add(store, b4)
         assert result.status == "reorganized"
+        store.index_txs()
         assert [b.hash for b in result.disconnected] == [a3.hash, a2.hash]
         assert [b.hash for b in result.connected] == [b2.hash, b3.hash, b4.hash]
         assert result.tip == store.tip() and result.tip.height == 4
@@ -298,6 +304,7 @@ def test_heavier_branch_reorganises_and_back_restores_the_exact_state(tmp_path: 
         a5 = builder.mine(parent=a4.hash)
         result = add(store, a5)
         assert result.status == "reorganized"
+        store.index_txs()
         assert [b.hash for b in result.disconnected] == [b4.hash, b3.hash, b2.hash]
         assert [b.hash for b in result.connected] == [a2.hash, a3.hash, a4.hash, a5.hash]
         assert_state(store, builder, a5.hash)
@@ -332,6 +339,55 @@ def test_reorganisation_to_a_recent_rival_reads_no_block_back_from_disk(
         assert decoded == []  # a1 and b1 were still held decoded
         assert_state(store, builder, b2.hash)
         assert store.tx_location(a1.txs[0].id) is None and store.tx_location(b1.txs[0].id) == (b1.hash, 1, 0)
+    finally:
+        store.close()
+
+
+def test_an_index_left_on_a_dead_branch_leaves_it_and_its_lookups_stay_right(tmp_path: Path) -> None:
+    builder = ChainBuilder(make_params(max_reorg_depth=3))
+    store = Store.open(tmp_path / "node", builder.params)
+    try:
+        a1 = builder.mine(transfers=[(0, 1, 10)])
+        a2 = builder.mine(transfers=[(1, 2, 10)])
+        for block in (a1, a2):
+            add(store, block)
+        assert store.index_txs() is False and not store.index_behind()
+        b2 = builder.mine(transfers=[(2, 3, 10)], parent=a1.hash, producer=SIDE)
+        b3 = builder.mine(parent=b2.hash, producer=SIDE)
+        assert add(store, b2).status == "side_branch"
+        assert add(store, b3).status == "reorganized"
+        # The index still holds a2 and not b2: lookups answer for the main chain all the same.
+        assert store.index_behind()
+        assert store.tx_location(a2.txs[0].id) is None
+        assert store.tx_location(b2.txs[0].id) == (b2.hash, 2, 0)
+        assert store.tx_location(a1.txs[0].id) == (a1.hash, 1, 0)
+        parent = b3.hash
+        for _ in range(4):
+            block = builder.mine(parent=parent, producer=SIDE)
+            assert add(store, block).status == "connected"
+            parent = block.hash
+        # a2 is now deeper than the reorganisation limit: pruning it takes the index off it first.
+        assert store.prune_side_branches() == 1
+        assert_not_stored(store, a2)
+        assert not store.index_behind()
+        assert store.tx_location(a2.txs[0].id) is None
+        assert store.tx_location(b2.txs[0].id) == (b2.hash, 2, 0)
+        assert_tx_index(store, [a1, a2, b2])
+    finally:
+        store.close()
+
+
+def test_the_index_catches_up_in_bounded_steps(tmp_path: Path, builder: ChainBuilder) -> None:
+    store = Store.open(tmp_path / "node", builder.params)
+    try:
+        blocks = [builder.mine(transfers=[(0, 1, 1), (1, 2, 1)]) for _ in range(5)]
+        for block in blocks:
+            add(store, block)
+        steps = 1
+        while store.index_txs(max_txs=3):  # two blocks a step (whole blocks, 4 transactions)
+            steps += 1
+        assert steps == 3
+        assert_tx_index(store, blocks)
     finally:
         store.close()
 
@@ -396,6 +452,7 @@ def test_branch_with_an_invalid_block_is_refused_as_a_whole(tmp_path: Path, buil
         # One write transaction, aborted as a whole: nothing of b2 (valid, connected first
         # inside it) or of the undo of a2..a5 remains.
         assert snapshot(store) == before
+        store.index_txs()
         assert store.tx_location(b2.txs[0].id) is None
         for block in main:
             for position, tx in enumerate(block.txs):
