@@ -185,7 +185,10 @@ class StorageActor(NodeActor):
 
     def _index_txs(self) -> None:
         if self.store.index_txs():
-            self.actor_ref.tell(_IndexTxs())  # more after the messages waiting
+            try:
+                self.actor_ref.tell(_IndexTxs())  # more after the messages waiting
+            except Exception:  # noqa: BLE001 - stopping (on_stop adds the queued blocks): the next start goes on
+                return
 
     def _after_connect(self, blocks: int) -> None:
         self._index_txs()
