@@ -835,6 +835,33 @@ def test_schema_version_mismatch_is_refused_with_a_clear_message(tmp_path: Path,
     store.close()
 
 
+def test_a_ledger_written_before_the_index_trailed_the_tip_keeps_its_index(
+    tmp_path: Path, builder: ChainBuilder
+) -> None:
+    path = tmp_path / "node"
+    store = Store.open(path, builder.params)
+    blocks = [builder.mine(transfers=[(0, 1, 1)]) for _ in range(6)]
+    for block in blocks:
+        add(store, block)
+    store.index_txs()
+    store.close()
+    # Earlier versions wrote the index in each block's transaction and had no txindex_tip.
+    env = lmdb.open(str(path / "ledger"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        assert txn.delete(b"txindex_tip", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    store = Store.open(path, builder.params)
+    try:
+        assert not store.index_behind()
+        assert store.tx_location(blocks[0].txs[0].id) == (blocks[0].hash, 1, 0)  # not among the recent blocks
+        nxt = builder.mine(transfers=[(0, 2, 1)])
+        add(store, nxt)
+        assert store.index_behind() and store.index_txs() is False
+        assert_tx_index(store, [*blocks, nxt])
+    finally:
+        store.close()
+
+
 def test_store_of_another_network_is_refused_with_a_clear_message(tmp_path: Path, builder: ChainBuilder) -> None:
     path = tmp_path / "node"
     store = Store.open(path, builder.params)
