@@ -522,7 +522,7 @@ class Store:
                 height = _decode_index(txn.get(block_hash, db=d["index"])).height
                 if txn.get(_U64.pack(height), db=d["main"]) == block_hash:
                     return block_hash, height, position
-            if txn.get(b"txindex_tip", db=d["meta"]) == txn.get(b"tip", db=d["meta"]):
+            if not self._index_behind(txn):
                 return None
             for block in self._recent.newest_first():
                 if txn.get(_U64.pack(block.height), db=d["main"]) != block.hash:
@@ -565,10 +565,19 @@ class Store:
 
         return self._write(body)
 
+    def index_all_txs(self) -> None:
+        """Bring the transaction index up to the tip, however far behind it is."""
+        while self.index_txs():
+            pass
+
     def index_behind(self) -> bool:
         """Whether the transaction index has not reached the tip yet."""
         with self._read() as txn:
-            return txn.get(b"txindex_tip", db=self._dbs["meta"]) != txn.get(b"tip", db=self._dbs["meta"])
+            return self._index_behind(txn)
+
+    def _index_behind(self, txn: lmdb.Transaction) -> bool:
+        meta = self._dbs["meta"]
+        return txn.get(b"txindex_tip", db=meta) != txn.get(b"tip", db=meta)
 
     def iter_accounts(self) -> Iterator[tuple[bytes, Account]]:
         """Every account, from one snapshot. Holds a read transaction while iterating."""
@@ -1129,8 +1138,7 @@ class Store:
         limit = self.tip().height - self.params.max_reorg_depth
         if limit <= 0:
             return 0
-        while self.index_txs():  # an index trailing on a dead branch reads its blocks to leave it
-            pass
+        self.index_all_txs()  # an index trailing on a dead branch reads its blocks to leave it
         d = self._dbs
 
         def body(txn: lmdb.Transaction) -> int:

@@ -544,8 +544,7 @@ def extend_store(store: Store, txs_of_block, count: int, progress: str = "") -> 
         assert result.status == "connected", result.status
         if progress and (i + 1) % max(1, count // 10) == 0:
             log(f"  {progress}: {i + 1:,}/{count:,} blocks ({time.monotonic() - started:.0f} s)")
-    while store.index_txs():  # complete, as a node leaves it: a node started on it does not index it first
-        pass
+    store.index_all_txs()  # complete, as a node leaves it: a node started on it does not index it first
 
 
 def copy_ledger(source: Path, data_dir: Path) -> None:
